@@ -55,6 +55,12 @@ class ShiftRule:
     retrain_between_shifts : bool
         Simulation only: retrain the classifier after every accepted shift instead of
         once per round.
+    out_of_fold : int
+        How the classifier predicts the pool: 0 in-sample (the paper), k >= 2 with
+        k-fold out-of-fold models (see
+        :func:`bulkshift.core.classifiers.pool_probabilities`).
+    confirmed_weight : float
+        Training weight of a person-confirmed label relative to a machine label.
     description : str
         One line for ``--help`` and the README.
     """
@@ -67,6 +73,8 @@ class ShiftRule:
     order_by_confidence: bool
     review: Literal["accept_all", "untick"] = "accept_all"
     retrain_between_shifts: bool = False
+    out_of_fold: int = 0
+    confirmed_weight: float = 1.0
     description: str = field(default="", compare=False)
 
 
@@ -103,8 +111,10 @@ STRATEGIES: dict[str, ShiftRule] = {
             skip_destination=True,
             order_by_confidence=True,
             review="untick",
+            confirmed_weight=5.0,
             description="ours: candidates in the whole pool, same source folder, never "
-            "a person-confirmed image, most confident first, wrong members unticked",
+            "a person-confirmed image, most confident first, strays unticked, "
+            "unhelpful proposals left alone, confirmed labels weigh 5x in training",
         ),
     )
 }
