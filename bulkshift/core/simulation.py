@@ -171,11 +171,11 @@ def _resolve_proposal(session: _Session, proposal, rule: ShiftRule) -> dict:
         record["accepted"] = True
         return record
 
-    # Untick review: a person accepts only when more images come right than the
+    # Untick review: a person accepts when the images that come right are at least the
     # clicks it costs (one accept, one untick per stray); otherwise the proposal is
     # left alone, which the method's click count does not charge.
     n_wrong = int((~belongs).sum())
-    if belongs.sum() > 1 + n_wrong:
+    if belongs.sum() >= 1 + n_wrong:
         session.click(1 + n_wrong)
         for image in members[belongs]:
             session.move(image, destination)
