@@ -47,11 +47,13 @@ class ShiftRule:
     order_by_confidence : bool
         Order members by the probability of B, most confident first; otherwise by
         image index.
-    review : {"accept_all", "untick"}
+    review : {"accept_all", "untick", "prefix"}
         How the simulated person treats a proposal: ``"accept_all"`` accepts it and then
         corrects each member that did not belong (the paper's simulation);
-        ``"untick"`` unticks each member that does not belong before accepting (what
-        the review page offers), and rejects a proposal in which nothing would improve.
+        ``"untick"`` unticks each member that does not belong and accepts if that
+        still fixes at least as many images as it costs clicks, else leaves the
+        proposal alone; ``"prefix"`` accepts the most confident members "up to here"
+        (the review page's cut-off button), unticking the strays above the cut-off.
     retrain_between_shifts : bool
         Simulation only: retrain the classifier after every accepted shift instead of
         once per round.
@@ -61,6 +63,10 @@ class ShiftRule:
         :func:`bulkshift.core.classifiers.pool_probabilities`).
     confirmed_weight : float
         Training weight of a person-confirmed label relative to a machine label.
+    stop_check : {"round", "event"}
+        Simulation only: when the person checks whether the folders are good enough,
+        at the end of a round (the published code) or after every move (a person who
+        stops as soon as the threshold is reached).
     description : str
         One line for ``--help`` and the README.
     """
@@ -71,10 +77,11 @@ class ShiftRule:
     protect_confirmed: bool
     skip_destination: bool
     order_by_confidence: bool
-    review: Literal["accept_all", "untick"] = "accept_all"
+    review: Literal["accept_all", "untick", "prefix"] = "accept_all"
     retrain_between_shifts: bool = False
     out_of_fold: int = 0
     confirmed_weight: float = 1.0
+    stop_check: Literal["round", "event"] = "round"
     description: str = field(default="", compare=False)
 
 
@@ -110,11 +117,27 @@ STRATEGIES: dict[str, ShiftRule] = {
             protect_confirmed=True,
             skip_destination=True,
             order_by_confidence=True,
-            review="untick",
+            review="prefix",
             confirmed_weight=5.0,
+            stop_check="event",
             description="ours: candidates in the whole pool, same source folder, never "
-            "a person-confirmed image, most confident first, strays unticked, "
-            "unhelpful proposals left alone, confirmed labels weigh 5x in training",
+            "a person-confirmed image, most confident first, accepted up to a "
+            "cut-off, confirmed labels weigh 5x in training",
+        ),
+        # An ablation, not a product setting: the published interface's candidates
+        # with our review and stopping, to show what the pool search and the
+        # protection of confirmed labels add on their own.
+        ShiftRule(
+            name="paper-ui-reviewed",
+            scope="round",
+            same_source=True,
+            protect_confirmed=False,
+            skip_destination=False,
+            order_by_confidence=False,
+            review="untick",
+            stop_check="event",
+            description="ablation: 'paper-ui' candidates with guarded-pool's review "
+            "(strays unticked, unhelpful proposals left alone) and stopping",
         ),
     )
 }

@@ -171,6 +171,9 @@ def _resolve_proposal(session: _Session, proposal, rule: ShiftRule) -> dict:
         record["accepted"] = True
         return record
 
+    if rule.review == "prefix":
+        return _resolve_by_prefix(session, members, belongs, destination, record)
+
     # Untick review: a person accepts when the images that come right are at least the
     # clicks it costs (one accept, one untick per stray); otherwise the proposal is
     # left alone, which the method's click count does not charge.
@@ -182,6 +185,29 @@ def _resolve_proposal(session: _Session, proposal, rule: ShiftRule) -> dict:
         record["accepted"] = True
     else:
         record["accepted"] = False
+    return record
+
+
+def _resolve_by_prefix(session, members, belongs, destination, record) -> dict:
+    """Accept the most confident members up to a cut-off the person picks.
+
+    Members are shown most confident first; the person accepts "up to here" (one
+    click) where that fixes the most images net of the strays above the cut-off,
+    which they untick (one click each). No cut-off worth a click: left alone.
+    """
+    net_gain = np.cumsum(np.where(belongs, 1, -1)) - 1
+    best = int(np.argmax(net_gain))
+    if net_gain[best] < 0:
+        record["accepted"] = False
+        return record
+
+    accepted = members[: best + 1]
+    good = belongs[: best + 1]
+    session.click(1 + int((~good).sum()))
+    for image in accepted[good]:
+        session.move(image, destination)
+    record["accepted"] = True
+    record["accepted_size"] = int(good.sum())
     return record
 
 
@@ -221,9 +247,8 @@ def simulate(
     n_clusters : int, optional
         k-means folders; default one per true category, as in the paper.
     stop_check : {"round", "event"}, optional
-        When the threshold is checked: at the end of each round (the published code;
-        default for ``paper*`` strategies) or after every event (default otherwise: a
-        person stops as soon as the folders are good enough).
+        When the threshold is checked: at the end of each round (the published code)
+        or after every event. Default: the strategy's ``stop_check``.
     count_confirmations : bool, default=False
         Charge one click per seen image that was already in its right folder.
     initial_labels : ndarray of int, optional
@@ -243,8 +268,7 @@ def simulate(
     _check_inputs(features, true_labels, threshold, batch_size)
     rule = get_strategy(strategy) if isinstance(strategy, str) else strategy
     get_measure(uncertainty)
-    if stop_check is None:
-        stop_check = "round" if rule.name.startswith("paper") else "event"
+    stop_check = stop_check or rule.stop_check
     n_images, n_labels = len(true_labels), int(true_labels.max()) + 1
 
     if initial_labels is None:

@@ -198,3 +198,39 @@ def test_presort_groups_separated_points_and_names_by_majority():
 
 def test_default_number_of_clusters():
     assert [default_n_clusters(n) for n in (1, 3, 30, 3000, 100_000)] == [1, 2, 3, 27, 30]
+
+
+def test_prefix_review_accepts_up_to_the_best_cut_off():
+    from bulkshift.core.proposals import Proposal, STRATEGIES
+    from bulkshift.core.simulation import _resolve_proposal, _Session
+
+    # Five proposed images for destination 1, most confident first: bag, shoe, bag,
+    # bag, shoe. Net images fixed minus clicks per cut-off, with one accept click and
+    # one untick per stray above it: 0, -1, 0, 1, 0 -> accept the first four.
+    true = np.array([0, 1, 0, 1, 1, 0])
+    session = _Session(np.zeros(6, dtype=int), true)
+    proposal = Proposal(
+        seed=0,
+        source=0,
+        destination=1,
+        rank=1,
+        members=np.array([1, 2, 3, 4, 5]),
+        confidence=np.array([0.9, 0.8, 0.7, 0.6, 0.5]),
+    )
+    record = _resolve_proposal(session, proposal, STRATEGIES["guarded-pool"])
+    assert record["accepted"] and record["accepted_size"] == 3
+    assert session.total_clicks == 2  # accept "up to here" + untick image 2
+    assert session.current.tolist() == [0, 1, 0, 1, 1, 0]
+    assert record["purity"] == pytest.approx(3 / 5)
+
+
+def test_prefix_review_leaves_a_useless_proposal_alone():
+    from bulkshift.core.proposals import Proposal, STRATEGIES
+    from bulkshift.core.simulation import _resolve_proposal, _Session
+
+    true = np.array([0, 0, 0])
+    session = _Session(np.zeros(3, dtype=int), true)
+    proposal = Proposal(0, 0, 1, 0, np.array([1, 2]), np.array([0.6, 0.5]))
+    record = _resolve_proposal(session, proposal, STRATEGIES["guarded-pool"])
+    assert not record["accepted"]
+    assert session.total_clicks == 0

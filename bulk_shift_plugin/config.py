@@ -1,0 +1,90 @@
+"""Settings of the service, from command-line arguments or the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+DEFAULT_LABEL_STUDIO_URL = "http://127.0.0.1:8080"
+DEFAULT_PORT = 9095
+
+
+class ConfigError(ValueError):
+    """A required setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to run.
+
+    ``label_studio_api_key`` and ``webhook_secret`` stay out of the repr (and so out of
+    logs and test reports).
+    """
+
+    redis_url: str | None
+    label_studio_url: str
+    label_studio_api_key: str = field(repr=False)
+    webhook_secret: str = field(repr=False)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    public_url: str | None = None
+    projects: tuple[int, ...] = ()
+    auto_apply: bool = False
+    auto_apply_min_size: int = 20
+    auto_apply_min_confidence: float = 0.9
+    data_dir: Path = Path("./var")
+
+    @property
+    def service_url(self) -> str:
+        """The URL Label Studio posts webhooks to and the pages link to."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @classmethod
+    def from_environment(cls, **overrides) -> Settings:
+        """Settings from the environment; keyword arguments that are not None win."""
+        env = os.environ
+        values = {
+            "redis_url": env.get("REDIS_URL") or None,
+            "label_studio_url": env.get("LABEL_STUDIO_URL", DEFAULT_LABEL_STUDIO_URL),
+            "label_studio_api_key": env.get("LABEL_STUDIO_API_KEY", ""),
+            "webhook_secret": env.get("BULKSHIFT_WEBHOOK_SECRET", ""),
+            "host": env.get("BULKSHIFT_PLUGIN_HOST", "127.0.0.1"),
+            "port": int(env.get("BULKSHIFT_PLUGIN_PORT", DEFAULT_PORT)),
+            "public_url": env.get("BULKSHIFT_PLUGIN_URL") or None,
+            "projects": tuple(
+                int(p)
+                for p in env.get("BULKSHIFT_PROJECTS", "").split(",")
+                if p.strip()
+            ),
+            "auto_apply": env.get("BULKSHIFT_AUTO_APPLY", "").lower()
+            in ("1", "true", "yes"),
+            "auto_apply_min_size": int(env.get("BULKSHIFT_AUTO_APPLY_MIN_SIZE", 20)),
+            "auto_apply_min_confidence": float(
+                env.get("BULKSHIFT_AUTO_APPLY_MIN_CONFIDENCE", 0.9)
+            ),
+            "data_dir": Path(env.get("BULKSHIFT_DATA_DIR", "./var")),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if not settings.label_studio_api_key:
+            raise ConfigError(
+                "no Label Studio API key: set LABEL_STUDIO_API_KEY (or pass --api-key-"
+                "file); find the token under Account & Settings in Label Studio"
+            )
+        if not settings.webhook_secret:
+            raise ConfigError(
+                "no webhook secret: set BULKSHIFT_WEBHOOK_SECRET to a random string "
+                "(e.g. `python -c 'import secrets; print(secrets.token_hex(16))'`)"
+            )
+        return settings
+
+
+def connect_redis(redis_url: str | None) -> redis.Redis:
+    """A Redis client for ``redis_url``, or, when it is unset, the stack's embedded
+    redis-server that :func:`bulkshift.store.connect` shares between processes."""
+    from bulkshift.store import connect
+
+    return connect(redis_url)

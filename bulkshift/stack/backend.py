@@ -1,0 +1,126 @@
+"""Run the ML backend's HTTP server and its RQ worker as child processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Self
+
+from bulkshift.stack.processes import (
+    LOCALHOST,
+    StackError,
+    free_port,
+    port_in_use,
+    stop_process,
+    wait_until,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _Child:
+    """A Python module run as a child with its own environment and log file."""
+
+    what = "child"
+
+    def __init__(self, log_path: os.PathLike | str, environment: dict[str, str]):
+        self.log_path = Path(log_path)
+        self.environment = environment
+        self._process: subprocess.Popen | None = None
+
+    def _spawn(self, arguments: list[str]) -> subprocess.Popen:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        environment = dict(os.environ, PYTHONUNBUFFERED="1")
+        environment.update(self.environment)
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", *arguments],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+            )
+        return self._process
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        stop_process(self._process, self.what)
+        self._process = None
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class BackendServer(_Child):
+    """``python -m ml_backend`` on 127.0.0.1.
+
+    Parameters
+    ----------
+    log_path : path
+    environment : dict
+        Added to this process's environment (``REDIS_URL``, ``BASIC_AUTH_USER``, …).
+    port : int, optional
+        A free one when omitted.
+    """
+
+    what = "ML backend"
+
+    def __init__(self, log_path, environment: dict[str, str], port: int | None = None):
+        super().__init__(log_path, environment)
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> BackendServer:
+        if port_in_use(self.port):
+            raise StackError(f"port {self.port} on {LOCALHOST} is already in use")
+        process = self._spawn(
+            ["ml_backend", "--host", LOCALHOST, "--port", str(self.port)]
+        )
+
+        def answers() -> bool:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+            except urllib.error.HTTPError as error:
+                return error.code == 401  # up, and asking for credentials
+            return True
+
+        try:
+            seconds = wait_until(answers, process, timeout, self.what, self.log_path)
+        except StackError:
+            self.stop()
+            raise
+        logger.info("ML backend ready on %s in %.1f s", self.url, seconds)
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+
+class BackendWorker(_Child):
+    """``python -m ml_backend.worker`` (RQ worker of the backend's queue)."""
+
+    what = "ML backend worker"
+
+    def start(self) -> BackendWorker:
+        self._spawn(["ml_backend.worker"])
+        logger.info(
+            "ML backend worker started (pid %d, log %s)", self.pid, self.log_path
+        )
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()

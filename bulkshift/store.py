@@ -1,0 +1,252 @@
+"""Redis keys shared by the ML backend and the bulk-shift service, and the connection.
+
+The keys and their owners are listed in ``docs/ARCHITECTURE.md`` ("Redis keys"). This
+module names them once, reads and writes the keys the ML backend owns, and finds a
+Redis: ``REDIS_URL`` when set, else an embedded redis-server that the first process to
+need it starts under ``BULKSHIFT_DATA_DIR/redis`` and that later processes reuse.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import redis
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "bulkshift"
+REDIS_URL_ENV = "REDIS_URL"
+DATA_DIR_ENV = "BULKSHIFT_DATA_DIR"
+DEFAULT_DATA_DIR = "./var"
+
+
+# -- key names -----------------------------------------------------------------------
+
+
+def project_key(project: int, name: str) -> str:
+    """``bulkshift:project:<project>:<name>``."""
+    return f"{PREFIX}:project:{int(project)}:{name}"
+
+
+def features_key(extractor_id: str, sha256: str) -> str:
+    """One cached feature vector (float32 bytes) of the image with that content hash."""
+    return f"{PREFIX}:features:{extractor_id}:{sha256}"
+
+
+def labels_key(project: int) -> str:
+    return project_key(project, "labels")
+
+
+def clusters_key(project: int) -> str:
+    return project_key(project, "clusters")
+
+
+def recommendations_key(project: int) -> str:
+    return project_key(project, "recommendations")
+
+
+def model_version_key(project: int) -> str:
+    return project_key(project, "model_version")
+
+
+def tasks_key(project: int) -> str:
+    """The bulk-shift service's per-task state (current label and its origin)."""
+    return project_key(project, "tasks")
+
+
+# -- connection ----------------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    """``BULKSHIFT_DATA_DIR`` (default ``./var``) as an absolute path."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).resolve()
+
+
+def redis_url() -> str:
+    """The Redis every process of the stack uses.
+
+    ``REDIS_URL`` when set. Otherwise an embedded redis-server bound to 127.0.0.1 with
+    its data in ``BULKSHIFT_DATA_DIR/redis``: the first process to call this starts it
+    (it keeps running after that process exits, like a server would; stop it with
+    ``scripts/down.sh`` or by the PID in ``redis.pid``) and writes its port to
+    ``redis.port``, where later processes find it.
+    """
+    url = os.environ.get(REDIS_URL_ENV)
+    if url:
+        return url
+    return _embedded_redis_url(data_dir() / "redis")
+
+
+def _embedded_redis_url(directory: Path) -> str:
+    from bulkshift.stack.redis_server import RedisServer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    port_file = directory / "redis.port"
+
+    # A file lock, so that the backend and its worker starting together start one
+    # server between them.
+    with open(directory / "redis.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if port_file.exists():
+            url = f"redis://127.0.0.1:{int(port_file.read_text())}/0"
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+                return url
+            except redis.ConnectionError:
+                logger.info(
+                    "embedded Redis in %s is not running; starting it", directory
+                )
+
+        server = RedisServer(directory, persist=True).start()
+        # Detach: the server outlives this process on purpose (see redis_url).
+        server._process = None
+        port_file.write_text(str(server.port))
+        (directory / "redis.pid").write_text(str(server.pid or ""))
+        logger.info(
+            "no REDIS_URL set: started an embedded Redis at %s (data in %s)",
+            server.url,
+            directory,
+        )
+        return server.url
+
+
+def connect(url: str | None = None) -> redis.Redis:
+    """A Redis client for ``url`` (default :func:`redis_url`)."""
+    return redis.Redis.from_url(url or redis_url())
+
+
+# -- the keys the ML backend owns ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The recommended labels of one task, best first."""
+
+    labels: list[str]
+    probabilities: list[float]
+    model_version: str
+
+
+class BackendStore:
+    """Read and write the ML backend's keys of one Redis.
+
+    Parameters
+    ----------
+    client : redis.Redis
+    """
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    # labels
+
+    def label_names(self, project: int) -> list[str]:
+        raw = self.redis.get(labels_key(project))
+        return json.loads(raw) if raw else []
+
+    def set_label_names(self, project: int, names: list[str]) -> None:
+        self.redis.set(labels_key(project), json.dumps(list(names)))
+
+    # clusters
+
+    def clusters(self, project: int) -> dict | None:
+        """``{"model_version", "clusters": [{"cluster", "name", "tasks"}]}`` or None."""
+        raw = self.redis.get(clusters_key(project))
+        return json.loads(raw) if raw else None
+
+    def set_clusters(
+        self, project: int, model_version: str, clusters: list[dict]
+    ) -> None:
+        value = {"model_version": model_version, "clusters": clusters}
+        self.redis.set(clusters_key(project), json.dumps(value))
+
+    # recommendations
+
+    def recommendations(self, project: int) -> dict[int, Recommendation]:
+        raw = self.redis.hgetall(recommendations_key(project))
+        return {
+            int(task): Recommendation(**json.loads(value))
+            for task, value in raw.items()
+        }
+
+    def recommendation(self, project: int, task: int) -> Recommendation | None:
+        raw = self.redis.hget(recommendations_key(project), int(task))
+        return Recommendation(**json.loads(raw)) if raw else None
+
+    def set_recommendations(
+        self, project: int, recommendations: dict[int, Recommendation]
+    ) -> None:
+        """Replace every task's recommendations at once (one transaction)."""
+        key = recommendations_key(project)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if recommendations:
+            pipe.hset(
+                key,
+                mapping={
+                    int(task): json.dumps(
+                        {
+                            "labels": r.labels,
+                            "probabilities": [
+                                round(float(p), 6) for p in r.probabilities
+                            ],
+                            "model_version": r.model_version,
+                        }
+                    )
+                    for task, r in recommendations.items()
+                },
+            )
+        pipe.execute()
+
+    # model version
+
+    def model_version(self, project: int) -> str | None:
+        raw = self.redis.get(model_version_key(project))
+        return raw.decode() if raw else None
+
+    def set_model_version(self, project: int, model_version: str) -> None:
+        self.redis.set(model_version_key(project), model_version)
+
+    # features
+
+    def get_features(
+        self, extractor_id: str, digests: list[str]
+    ) -> list[np.ndarray | None]:
+        """Cached vectors of the images with these content hashes (None if missing)."""
+        if not digests:
+            return []
+        raw = self.redis.mget([features_key(extractor_id, d) for d in digests])
+        return [
+            np.frombuffer(value, dtype=np.float32) if value is not None else None
+            for value in raw
+        ]
+
+    def put_features(self, extractor_id: str, vectors: dict[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        self.redis.mset(
+            {
+                features_key(extractor_id, digest): np.asarray(
+                    vector, dtype=np.float32
+                ).tobytes()
+                for digest, vector in vectors.items()
+            }
+        )
+
+    # the service's task state (read only here)
+
+    def service_labels(self, project: int) -> dict[int, str]:
+        """Current label of each task the bulk-shift service tracks."""
+        raw = self.redis.hgetall(tasks_key(project))
+        labels = {}
+        for task, value in raw.items():
+            label = json.loads(value).get("label")
+            if label:
+                labels[int(task)] = label
+        return labels
