@@ -241,6 +241,15 @@ class BackendStore:
 
     # the service's task state (read only here)
 
+    def person_confirmed(self, project: int) -> set[int]:
+        """Tasks whose current label the bulk-shift service saw a person set."""
+        raw = self.redis.hgetall(tasks_key(project))
+        return {
+            int(task)
+            for task, value in raw.items()
+            if json.loads(value).get("origin") == "person"
+        }
+
     def service_labels(self, project: int) -> dict[int, str]:
         """Current label of each task the bulk-shift service tracks."""
         raw = self.redis.hgetall(tasks_key(project))

@@ -370,6 +370,17 @@ class Refresher:
             [index.get(current.get(task), -1) for task in features.task_ids]
         )
 
+        # A label is a person's when the bulk-shift service saw a person set it, or
+        # when it is an annotation the service does not track (no service running).
+        people = self.store.person_confirmed(project)
+        tracked = set(service)
+        confirmed = np.array(
+            [
+                task in people or (task in annotated and task not in tracked)
+                for task in features.task_ids
+            ]
+        )
+
         version = self._next_version(project, self.settings.classifier)
         # One BLAS thread: on a machine shared with Label Studio, several threads
         # fight for the cores and a 3,000-task fit takes 5 s instead of 1.
@@ -381,6 +392,7 @@ class Refresher:
                 self.settings.classifier,
                 self.settings.uncertainty,
                 random_state=self.settings.seed,
+                confirmed=confirmed,
             )
 
         predictions, recommendations = {}, {}
@@ -401,7 +413,7 @@ class Refresher:
             project,
             self.settings.classifier,
             int((labels >= 0).sum()),
-            len(annotated),
+            int(confirmed.sum()),
             len(names),
         )
         outcome = RefreshOutcome(

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bulkshift.core.classifiers import make_label_model
+from bulkshift.core.classifiers import (
+    confirmed_weights,
+    make_label_model,
+    pool_probabilities,
+)
+from bulkshift.core.proposals import STRATEGIES
 from bulkshift.core.presort import default_n_clusters, presort
 from bulkshift.core.ranking import recommendation_probabilities, recommended_labels
 from bulkshift.core.uncertainty import certainty_score
@@ -142,8 +147,14 @@ def train_and_rank(
     measure: str,
     random_state: int = 0,
     n_recommendations: int = 10,
+    confirmed: np.ndarray | None = None,
+    strategy: str = "guarded-pool",
 ) -> Ranking:
     """Train ``classifier`` on the tasks' current labels and score every task.
+
+    Training follows ``strategy``'s plan (its weight for person-confirmed labels and
+    its in-sample or out-of-fold predictions), the same call the simulated annotator
+    makes, so the benchmark's figures describe what the backend does.
 
     Parameters
     ----------
@@ -155,12 +166,39 @@ def train_and_rank(
     classifier, measure : str
         Names from ``bulkshift.core.classifiers.CLASSIFIERS`` and
         ``bulkshift.core.uncertainty.MEASURES``.
+    confirmed : ndarray of bool of shape (n_tasks,), optional
+        True where a person set the current label.
+    strategy : str
+        A name from ``bulkshift.core.proposals.STRATEGIES``.
     """
     labels = np.asarray(labels, dtype=int)
     labeled = labels >= 0
-    model = make_label_model(classifier, n_labels, random_state=random_state)
-    model.fit(features[labeled], labels[labeled])
-    probabilities = model.predict_proba(features)
+    rule = STRATEGIES[strategy]
+    confirmed_labeled = (
+        None if confirmed is None else np.asarray(confirmed, dtype=bool)[labeled]
+    )
+
+    probabilities = np.empty((len(labels), n_labels))
+    probabilities[labeled] = pool_probabilities(
+        features[labeled],
+        labels[labeled],
+        n_labels,
+        classifier,
+        confirmed=confirmed_labeled,
+        confirmed_weight=rule.confirmed_weight,
+        out_of_fold=rule.out_of_fold,
+        random_state=random_state,
+    )
+    if not labeled.all():
+        # A task without any label is outside the pool the model learns from; a
+        # model trained on every labeled task scores it.
+        model = make_label_model(classifier, n_labels, random_state=random_state)
+        model.fit(
+            features[labeled],
+            labels[labeled],
+            confirmed_weights(confirmed_labeled, rule.confirmed_weight),
+        )
+        probabilities[~labeled] = model.predict_proba(features[~labeled])
     recommended = recommended_labels(probabilities, n_recommendations)
     return Ranking(
         probabilities=probabilities,

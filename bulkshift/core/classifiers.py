@@ -201,6 +201,18 @@ def make_label_model(name: str, n_labels: int, random_state: int = 0) -> LabelMo
     return LabelModel(name, n_labels, random_state=random_state)
 
 
+def confirmed_weights(
+    confirmed: np.ndarray | None, confirmed_weight: float
+) -> np.ndarray | None:
+    """Training weights: ``confirmed_weight`` for person-confirmed labels, else 1.
+
+    None (unweighted training) when nothing is confirmed or the weight is 1.
+    """
+    if confirmed is None or confirmed_weight == 1.0:
+        return None
+    return np.where(np.asarray(confirmed, dtype=bool), confirmed_weight, 1.0)
+
+
 def pool_probabilities(
     features: np.ndarray,
     current_labels: np.ndarray,
@@ -235,9 +247,7 @@ def pool_probabilities(
     ndarray of shape (n_images, n_labels)
     """
     current_labels = np.asarray(current_labels, dtype=int)
-    weights = None
-    if confirmed is not None and confirmed_weight != 1.0:
-        weights = np.where(np.asarray(confirmed, dtype=bool), confirmed_weight, 1.0)
+    weights = confirmed_weights(confirmed, confirmed_weight)
 
     if out_of_fold < 2:
         model = make_label_model(classifier, n_labels, random_state=random_state)

@@ -451,13 +451,11 @@ class Stack:
         outcomes = []
         running = self.state.running("backend")
         worker = self.state.running("worker")
-        if any(
-            entry and entry.get("extractor") != self.extractor_environment
-            for entry in (running, worker)
-        ):
-            # Started with another extractor: restart both so that the new one is
-            # used, and have the caller ask for a refresh.
-            self.console.say("    the extractor changed: restarting backend and worker")
+        previous = (self.state.services.get("worker") or {}).get("extractor")
+        if previous is not None and previous != self.extractor_environment:
+            # The last run used another extractor: restart what runs so that the new
+            # one is used, and have the features and folders computed again.
+            self.console.say("    the extractor changed since the last run")
             for name, entry in (("backend", running), ("worker", worker)):
                 if entry:
                     stop_recorded(entry, name)
@@ -1030,8 +1028,8 @@ def _print_summary(stack: Stack, project: int, console: Console) -> None:
     console.timing_table()
     console.say("")
     console.say(
-        f"Label Studio   {ls.url}/projects/{project}/data"
-        "?ordering=tasks:predictions_score"
+        f"Label Studio   {ls.url}/projects/{project}/data   (sort by Prediction "
+        "score: lowest = least certain first)"
     )
     console.say(
         f"  login        {ls.username}; password and API token in "

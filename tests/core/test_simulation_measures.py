@@ -234,3 +234,37 @@ def test_prefix_review_leaves_a_useless_proposal_alone():
     record = _resolve_proposal(session, proposal, STRATEGIES["guarded-pool"])
     assert not record["accepted"]
     assert session.total_clicks == 0
+
+
+def test_confirmed_labels_outweigh_machine_labels_on_the_same_image():
+    from bulkshift.core.classifiers import confirmed_weights, pool_probabilities
+
+    assert confirmed_weights(None, 5.0) is None
+    assert confirmed_weights(np.array([True, False]), 1.0) is None
+    assert confirmed_weights(np.array([True, False]), 5.0).tolist() == [5.0, 1.0]
+
+    # Two identical images disagree: a person says 0, the machine says 1. Unweighted,
+    # a model cannot prefer either; with the person's label weighted 5x it must
+    # prefer 0 (a decision tree leaf then holds 5/6 of the weight for label 0).
+    features = np.zeros((2, 1))
+    labels = np.array([0, 1])
+    confirmed = np.array([True, False])
+    plain = pool_probabilities(features, labels, 2, "dt")
+    weighted = pool_probabilities(
+        features, labels, 2, "dt", confirmed=confirmed, confirmed_weight=5.0
+    )
+    np.testing.assert_allclose(plain[0], [0.5, 0.5])
+    np.testing.assert_allclose(weighted[0], [5 / 6, 1 / 6])
+
+
+def test_out_of_fold_probabilities_judge_an_image_by_the_others():
+    from bulkshift.core.classifiers import pool_probabilities
+
+    # One shoe sits among bags. In-sample, a 1-nearest-neighbour tree memorises its
+    # wrong folder; out of fold, its neighbours decide.
+    features = np.array([[0.0], [0.1], [0.2], [0.3], [0.05]])
+    labels = np.array([1, 1, 1, 1, 0])
+    in_sample = pool_probabilities(features, labels, 2, "dt")
+    out_of_fold = pool_probabilities(features, labels, 2, "dt", out_of_fold=5)
+    assert in_sample[4].tolist() == [1.0, 0.0]
+    assert out_of_fold[4].tolist() == [0.0, 1.0]
