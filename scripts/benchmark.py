@@ -361,11 +361,21 @@ def plot_curves(results: list[SimulationResult], base: dict, path: Path) -> None
     import matplotlib.pyplot as plt
 
     strategies = list(dict.fromkeys(result.strategy for result in results))
+    n_columns = min(2, len(strategies))
+    n_rows = -(-len(strategies) // n_columns)
+    # Shared axes, so the panels compare at a glance: a curve further left needs
+    # fewer clicks for the same completeness.
     figure, axes = plt.subplots(
-        1, len(strategies), figsize=(6 * len(strategies), 4.5), sharey=True,
+        n_rows,
+        n_columns,
+        figsize=(6.5 * n_columns, 4.5 * n_rows),
+        sharex=True,
+        sharey=True,
         squeeze=False,
     )
-    for axis, strategy in zip(axes[0], strategies):
+    for axis in axes.flat[len(strategies) :]:
+        axis.set_visible(False)
+    for axis, strategy in zip(axes.flat, strategies):
         for result in (r for r in results if r.strategy == strategy):
             axis.plot(
                 result.clicks / result.n_images,
@@ -382,9 +392,13 @@ def plot_curves(results: list[SimulationResult], base: dict, path: Path) -> None
         )
         axis.set_title(f"strategy: {strategy}")
         axis.set_xlabel("clicks / images")
+        axis.set_ylabel("completeness")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel("completeness")
+    figure.suptitle(
+        f"Learning curves, {results[0].n_images} images, threshold "
+        f"{results[0].threshold}, seed {results[0].seed}"
+    )
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

@@ -354,7 +354,8 @@ class Stack:
                 )
                 return "reused"
             raise RunError(
-                f"Label Studio (pid {running['pid']}) is running but {server.url}/health "
+                f"Label Studio (pid {running['pid']}) is running but "
+                f"{server.url}/health "
                 f"does not answer; see {self.log_dir / 'label-studio.log'}, or run "
                 "down and up again"
             )
@@ -823,8 +824,9 @@ def wait_for_predictions(
     from rq import Queue
     from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-    from bulkshift.store import BackendStore, project_key
+    from bulkshift.store import BackendStore
     from ml_backend.config import Settings
+    from ml_backend.jobs import pending_key, progress_key
 
     client = redis.Redis.from_url(stack.redis_url)
     backend_store = BackendStore(client)
@@ -833,8 +835,8 @@ def wait_for_predictions(
     started = StartedJobRegistry(queue=queue)
     failed = FailedJobRegistry(queue=queue)
     failed_before = failed.count
-    pending = project_key(project, "backend:refresh-pending")
-    progress_key = project_key(project, "backend:progress")
+    pending = pending_key(project)
+    progress = progress_key(project)
 
     def busy() -> bool:
         return bool(client.exists(pending)) or queue.count > 0 or started.count > 0
@@ -856,7 +858,8 @@ def wait_for_predictions(
             except ApiError as error:
                 raise RunError(
                     "Label Studio could not ask the ML backend to start "
-                    f"(HTTP {error.status_code}); see {stack.log_dir / 'ml-backend.log'}"
+                    f"(HTTP {error.status_code}); see "
+                    f"{stack.log_dir / 'ml-backend.log'}"
                 ) from None
 
     bar = _Progress(n_tasks, stack.console)
@@ -865,7 +868,7 @@ def wait_for_predictions(
     try:
         while True:
             seen_busy = seen_busy or busy()
-            raw = client.get(progress_key)
+            raw = client.get(progress)
             if raw:
                 reported = json.loads(raw)
                 bar.update(
@@ -941,8 +944,8 @@ class _Progress:
                     total=total, unit="img", desc=f"    {stage}", file=sys.stderr
                 )
             self.bar.total = total
-            self.bar.n = done
-            self.bar.refresh()
+            # update() rather than setting n, so that tqdm's rate stays true.
+            self.bar.update(done - self.bar.n)
         elif stage != self.stage or time.monotonic() - self.last_line > (
             self.every_seconds
         ):
