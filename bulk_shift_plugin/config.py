@@ -8,6 +8,8 @@ from pathlib import Path
 
 import redis
 
+from bulkshift import store
+
 DEFAULT_LABEL_STUDIO_URL = "http://127.0.0.1:8080"
 DEFAULT_PORT = 9095
 
@@ -47,7 +49,8 @@ class Settings:
         """Settings from the environment; keyword arguments that are not None win."""
         env = os.environ
         values = {
-            "redis_url": env.get("REDIS_URL") or None,
+            # Unset: bulkshift.store.redis_url() finds the stack's embedded Redis.
+            "redis_url": env.get(store.REDIS_URL_ENV) or None,
             "label_studio_url": env.get("LABEL_STUDIO_URL", DEFAULT_LABEL_STUDIO_URL),
             "label_studio_api_key": env.get("LABEL_STUDIO_API_KEY", ""),
             "webhook_secret": env.get("BULKSHIFT_WEBHOOK_SECRET", ""),
@@ -65,7 +68,7 @@ class Settings:
             "auto_apply_min_confidence": float(
                 env.get("BULKSHIFT_AUTO_APPLY_MIN_CONFIDENCE", 0.9)
             ),
-            "data_dir": Path(env.get("BULKSHIFT_DATA_DIR", "./var")),
+            "data_dir": store.data_dir(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -83,8 +86,7 @@ class Settings:
 
 
 def connect_redis(redis_url: str | None) -> redis.Redis:
-    """A Redis client for ``redis_url``, or, when it is unset, the stack's embedded
-    redis-server that :func:`bulkshift.store.connect` shares between processes."""
-    from bulkshift.store import connect
-
-    return connect(redis_url)
+    """A Redis client for ``redis_url``, or, when it is unset, for the Redis every
+    process of the stack uses (:func:`bulkshift.store.redis_url`: ``REDIS_URL``, else
+    the embedded redis-server under ``BULKSHIFT_DATA_DIR``)."""
+    return store.connect(redis_url)

@@ -1,64 +1,38 @@
-"""Redis key names of the shared state (see docs/ARCHITECTURE.md, "Redis keys").
+"""Redis key names of the shared state, under the short names this package uses.
 
-The ML backend owns ``labels``, ``clusters``, ``recommendations`` and
+The names are defined once, in :mod:`bulkshift.store` (see docs/ARCHITECTURE.md,
+"Redis keys"). The ML backend owns ``labels``, ``clusters``, ``recommendations`` and
 ``model_version``; this service owns every other key named here.
 """
 
-PREFIX = "bulkshift"
-EVENTS_SEEN = f"{PREFIX}:events:seen"
+from bulkshift.store import EVENTS_SEEN, PREFIX, project_key
+from bulkshift.store import apply_lock_key as apply_lock
+from bulkshift.store import clusters_key as clusters
+from bulkshift.store import in_flight_key as in_flight
+from bulkshift.store import labels_key as labels
+from bulkshift.store import model_version_key as model_version
+from bulkshift.store import plugin_settings_key as settings
+from bulkshift.store import proposals_key as proposals
+from bulkshift.store import recommendations_key as recommendations
+from bulkshift.store import shift_key as shift
+from bulkshift.store import shifts_key as shifts
+from bulkshift.store import tasks_changes_key as tasks_changes
+from bulkshift.store import tasks_key as tasks
 
-
-def project_key(project: int, name: str) -> str:
-    """``bulkshift:project:<project>:<name>``."""
-    return f"{PREFIX}:project:{int(project)}:{name}"
-
-
-def labels(project: int) -> str:
-    return project_key(project, "labels")
-
-
-def clusters(project: int) -> str:
-    return project_key(project, "clusters")
-
-
-def recommendations(project: int) -> str:
-    return project_key(project, "recommendations")
-
-
-def model_version(project: int) -> str:
-    return project_key(project, "model_version")
-
-
-def tasks(project: int) -> str:
-    return project_key(project, "tasks")
-
-
-def tasks_changes(project: int) -> str:
-    """Stream of task ids whose entry in ``tasks`` changed (for incremental caches)."""
-    return project_key(project, "tasks:changes")
-
-
-def proposals(project: int) -> str:
-    return project_key(project, "proposals")
-
-
-def shifts(project: int) -> str:
-    return project_key(project, "shifts")
-
-
-def in_flight(project: int) -> str:
-    """Set of task ids whose annotations this service is rewriting right now."""
-    return project_key(project, "inflight")
-
-
-def apply_lock(project: int) -> str:
-    return project_key(project, "apply-lock")
-
-
-def settings(project: int) -> str:
-    """Hash of per-project service settings (auto-apply thresholds, webhook id)."""
-    return project_key(project, "plugin-settings")
-
-
-def shift(shift_id: str) -> str:
-    return f"{PREFIX}:shift:{shift_id}"
+__all__ = [
+    "EVENTS_SEEN",
+    "PREFIX",
+    "apply_lock",
+    "clusters",
+    "in_flight",
+    "labels",
+    "model_version",
+    "project_key",
+    "proposals",
+    "recommendations",
+    "settings",
+    "shift",
+    "shifts",
+    "tasks",
+    "tasks_changes",
+]

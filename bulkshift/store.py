@@ -27,6 +27,10 @@ DEFAULT_DATA_DIR = "./var"
 
 
 # -- key names -----------------------------------------------------------------------
+# Every key of the shared state is named here, whichever process owns it; the
+# bulk-shift service uses these names through ``bulk_shift_plugin.keys``.
+
+EVENTS_SEEN = f"{PREFIX}:events:seen"
 
 
 def project_key(project: int, name: str) -> str:
@@ -58,6 +62,38 @@ def model_version_key(project: int) -> str:
 def tasks_key(project: int) -> str:
     """The bulk-shift service's per-task state (current label and its origin)."""
     return project_key(project, "tasks")
+
+
+def tasks_changes_key(project: int) -> str:
+    """Stream of task ids whose entry in ``tasks`` changed (for incremental caches)."""
+    return project_key(project, "tasks:changes")
+
+
+def proposals_key(project: int) -> str:
+    return project_key(project, "proposals")
+
+
+def shifts_key(project: int) -> str:
+    return project_key(project, "shifts")
+
+
+def in_flight_key(project: int) -> str:
+    """Set of task ids whose annotations the service is rewriting right now."""
+    return project_key(project, "inflight")
+
+
+def apply_lock_key(project: int) -> str:
+    return project_key(project, "apply-lock")
+
+
+def plugin_settings_key(project: int) -> str:
+    """Hash of the service's per-project settings (auto-apply thresholds, webhook)."""
+    return project_key(project, "plugin-settings")
+
+
+def shift_key(shift_id: str) -> str:
+    """The record of one shift transaction."""
+    return f"{PREFIX}:shift:{shift_id}"
 
 
 # -- connection ----------------------------------------------------------------------
@@ -104,10 +140,10 @@ def _embedded_redis_url(directory: Path) -> str:
                 )
 
         server = RedisServer(directory, persist=True).start()
-        # Detach: the server outlives this process on purpose (see redis_url).
-        server._process = None
+        (directory / "redis.pid").write_text(str(server.pid))
         port_file.write_text(str(server.port))
-        (directory / "redis.pid").write_text(str(server.pid or ""))
+        # The server outlives this process on purpose (see redis_url).
+        server.detach()
         logger.info(
             "no REDIS_URL set: started an embedded Redis at %s (data in %s)",
             server.url,
@@ -119,6 +155,16 @@ def _embedded_redis_url(directory: Path) -> str:
 def connect(url: str | None = None) -> redis.Redis:
     """A Redis client for ``url`` (default :func:`redis_url`)."""
     return redis.Redis.from_url(url or redis_url())
+
+
+def replace_hash(client: redis.Redis, key: str, mapping: dict) -> None:
+    """Make the hash ``key`` hold exactly ``mapping`` (nothing when it is empty), in
+    one transaction: a reader sees the old hash or the new one, never a mix."""
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(key)
+    if mapping:
+        pipe.hset(key, mapping=mapping)
+    pipe.execute()
 
 
 # -- the keys the ML backend owns ------------------------------------------------------
@@ -183,26 +229,20 @@ class BackendStore:
         self, project: int, recommendations: dict[int, Recommendation]
     ) -> None:
         """Replace every task's recommendations at once (one transaction)."""
-        key = recommendations_key(project)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key)
-        if recommendations:
-            pipe.hset(
-                key,
-                mapping={
-                    int(task): json.dumps(
-                        {
-                            "labels": r.labels,
-                            "probabilities": [
-                                round(float(p), 6) for p in r.probabilities
-                            ],
-                            "model_version": r.model_version,
-                        }
-                    )
-                    for task, r in recommendations.items()
-                },
-            )
-        pipe.execute()
+        replace_hash(
+            self.redis,
+            recommendations_key(project),
+            {
+                int(task): json.dumps(
+                    {
+                        "labels": r.labels,
+                        "probabilities": [round(float(p), 6) for p in r.probabilities],
+                        "model_version": r.model_version,
+                    }
+                )
+                for task, r in recommendations.items()
+            },
+        )
 
     # model version
 

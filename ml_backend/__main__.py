@@ -10,7 +10,7 @@ from werkzeug.serving import run_simple
 
 from bulkshift import store
 from ml_backend.app import create_app
-from ml_backend.config import ConfigurationError, Settings
+from ml_backend.config import configure_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,19 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     arguments = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=arguments.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    settings = configure_process("ml_backend", arguments.log_level)
     # werkzeug logs every request line at INFO; query strings can carry tokens.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    # httpx logs every request URL at INFO: one line per image is noise.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        settings = Settings.from_environment()
-    except ConfigurationError as error:
-        print(f"ml_backend: {error}", file=sys.stderr)
-        return 2
 
     url = store.redis_url()
     app = create_app(settings, store.connect(url))

@@ -23,7 +23,7 @@ from bulkshift.features.extractors import (
     get_extractor,
 )
 from bulkshift.store import BackendStore, project_key
-from ml_backend.labelstudio import ImageFetchError
+from ml_backend.images import ImageReader
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,18 @@ def task_features(
     image_urls: dict[int, str],
     store: BackendStore,
     extractor: FeatureExtractor,
-    fetch: Callable[[str], bytes],
+    fetch: ImageReader | Callable[[str], bytes],
     batch_size: int,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> TaskFeatures:
     """Features of every task in ``image_urls`` (task id -> image URL).
 
-    Images are downloaded only for tasks whose URL is new or whose vector is not
-    cached; one image that cannot be fetched or decoded is an error for its task,
-    logged with the task id, and the others proceed. ``progress(stage, done, total)``
-    is called as images are downloaded and computed.
+    Images are read only for tasks whose URL is new or whose vector is not cached,
+    by ``fetch``: an :class:`~ml_backend.images.ImageReader` (disk or HTTP, several
+    at once), or a plain ``fetch(url) -> bytes`` that is given one. One image that
+    cannot be fetched or decoded is an error for its task, logged with the task id,
+    and the others proceed. ``progress(stage, done, total)`` is called as images are
+    read and computed.
     """
     report = progress or (lambda stage, done, total: None)
     extractor_id = extractor.per_image_id
@@ -115,20 +117,21 @@ def task_features(
     )
     vectors = {task: vector for task, vector in cached.items() if vector is not None}
 
-    # Step 2: download the rest; identical bytes are computed once.
+    # Step 2: read the rest (several at once); identical bytes are computed once.
+    reader = fetch if isinstance(fetch, ImageReader) else ImageReader(fetch)
     errors: dict[int, str] = {}
     pending: dict[str, bytes] = {}
     waiting: dict[str, list[int]] = {}
     url_of: dict[str, str] = {}
     new_records: dict[int, str] = {}
     to_fetch = [task for task in image_urls if task not in vectors]
-    for done, task in enumerate(to_fetch):
-        url = image_urls[task]
+    report("reading images", 0, len(to_fetch))
+    read = reader.read_many(image_urls[task] for task in to_fetch)
+    for done, (task, (content, error)) in enumerate(zip(to_fetch, read), start=1):
         if done % 50 == 0:
-            report("downloading images", done, len(to_fetch))
-        try:
-            content = fetch(url)
-        except (ImageFetchError, OSError) as error:  # the others still proceed
+            report("reading images", done, len(to_fetch))
+        url = image_urls[task]
+        if error is not None:  # the others still proceed
             errors[task] = str(error)
             logger.warning("project %d task %d: %s", project, task, error)
             continue

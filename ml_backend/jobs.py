@@ -25,10 +25,17 @@ import redis
 from rq import Queue
 from threadpoolctl import threadpool_limits
 
-from bulkshift.store import BackendStore, Recommendation, connect, project_key
+from bulkshift.store import (
+    BackendStore,
+    Recommendation,
+    connect,
+    project_key,
+    replace_hash,
+)
 from ml_backend import protocol, training
 from ml_backend.config import Settings
 from ml_backend.features import load_extractor, task_features
+from ml_backend.images import ImageReader, LocalFiles
 from ml_backend.labelstudio import LabelStudioError, LabelStudioGateway
 
 logger = logging.getLogger(__name__)
@@ -255,18 +262,26 @@ class Refresher:
 
         # Step 2: features (cached by content), one error per unreadable image.
         extractor = load_extractor(self.settings.extractor)
+        reader = self._image_reader()
         features = task_features(
             project,
             image_urls,
             self.store,
             extractor,
-            self.gateway.fetch_image,
+            reader,
             self.settings.batch_size,
             progress=lambda stage, done, total: self._progress(
                 project, stage, done, total
             ),
         )
         self._record_errors(project, features.errors)
+        if reader.from_disk or reader.over_http:
+            logger.info(
+                "project %d: %d images read from disk, %d downloaded",
+                project,
+                reader.from_disk,
+                reader.over_http,
+            )
         if not features.task_ids:
             logger.warning(
                 "project %d: no readable image among %d tasks; nothing to predict",
@@ -314,6 +329,17 @@ class Refresher:
             outcome.seconds,
         )
         return outcome.as_dict()
+
+    def _image_reader(self) -> ImageReader:
+        root = self.settings.local_files_root
+        local_files = None
+        if root:
+            known = self.store.redis.get(CONNECTION_KEY)
+            setup_url = json.loads(known)["url"] if known else self.gateway.url
+            local_files = LocalFiles(root, {self.gateway.url, setup_url})
+        return ImageReader(
+            self.gateway.fetch_image, local_files, self.settings.fetch_threads
+        )
 
     def _progress(self, project: int, stage: str, done: int, total: int) -> None:
         value = json.dumps({"stage": stage, "done": done, "total": total})
@@ -449,14 +475,11 @@ class Refresher:
         self.gateway.update_project(project, model_version=version)
         self.store.set_model_version(project, version)
 
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.delete(predictions_key(project))
-        if predictions:
-            pipe.hset(
-                predictions_key(project),
-                mapping={task: json.dumps(p) for task, p in predictions.items()},
-            )
-        pipe.execute()
+        replace_hash(
+            self.store.redis,
+            predictions_key(project),
+            {task: json.dumps(p) for task, p in predictions.items()},
+        )
 
         if previous and previous != version:
             try:
@@ -476,8 +499,4 @@ class Refresher:
                 )
 
     def _record_errors(self, project: int, errors: dict[int, str]) -> None:
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.delete(errors_key(project))
-        if errors:
-            pipe.hset(errors_key(project), mapping=errors)
-        pipe.execute()
+        replace_hash(self.store.redis, errors_key(project), errors)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_PER_REQUEST = 1000
 API_TIMEOUT = 120.0
 IMAGE_TIMEOUT = 30.0
+IMAGE_CONNECTIONS = 16
 
 
 class LabelStudioError(RuntimeError):
@@ -49,12 +51,21 @@ class LabelStudioGateway:
         self._http = httpx.Client(
             base_url=self.url, headers=self._auth, timeout=API_TIMEOUT
         )
+        # One pool of connections for the images, shared by the reader's threads.
+        # It keeps no cookies, so each request carries only what is sent here.
+        self._images = httpx.Client(
+            timeout=IMAGE_TIMEOUT,
+            follow_redirects=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            limits=httpx.Limits(max_connections=IMAGE_CONNECTIONS),
+        )
 
     def __repr__(self) -> str:
         return f"LabelStudioGateway(url={self.url!r})"
 
     def close(self) -> None:
         self._http.close()
+        self._images.close()
 
     def _request(self, what: str, method: str, path: str, **kwargs) -> httpx.Response:
         try:
@@ -169,6 +180,7 @@ class LabelStudioGateway:
         ``/data/upload/…`` (uploaded files) and ``/data/local-files/?d=…`` (local
         storage) are relative to Label Studio and fetched with the token; an absolute
         ``http(s)`` URL is fetched with the token only if it points at Label Studio.
+        Safe to call from several threads at once.
 
         Raises
         ------
@@ -186,9 +198,7 @@ class LabelStudioGateway:
             )
         headers = self._auth if parts.netloc == self._host else {}
         try:
-            response = httpx.get(
-                absolute, headers=headers, timeout=IMAGE_TIMEOUT, follow_redirects=False
-            )
+            response = self._images.get(absolute, headers=headers)
         except httpx.HTTPError as error:
             raise ImageFetchError(
                 f"cannot fetch {url[:120]!r}: {type(error).__name__}"

@@ -30,6 +30,21 @@ REFRESH_EVENTS = TRAINING_EVENTS | {"TASKS_CREATED", "TASKS_DELETED"}
 
 RECOMMENDATIONS_CONTROL = "bulkshift_recommended"
 
+# The names of the k-means folders, numbered from 1 and zero-padded so that they sort
+# as numbers. Label Studio refuses a <Choices> without a <Choice>, so a new project's
+# labeling config offers FIRST_FOLDER_NAME, which the first refresh then uses (up to
+# 99 folders) instead of adding it as a stray label.
+FOLDER_NAME_FORMAT = "Cluster {number:0{width}d}"
+
+
+def folder_name(cluster: int, n_clusters: int) -> str:
+    """The name of folder ``cluster`` (from 0) of ``n_clusters``: ``Cluster 01`` …"""
+    width = max(2, len(str(n_clusters)))
+    return FOLDER_NAME_FORMAT.format(number=cluster + 1, width=width)
+
+
+FIRST_FOLDER_NAME = folder_name(0, 2)
+
 
 class ProtocolError(ValueError):
     """A payload or labeling config the backend cannot work with."""

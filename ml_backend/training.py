@@ -16,16 +16,11 @@ from bulkshift.core.classifiers import (
     make_label_model,
     pool_probabilities,
 )
-from bulkshift.core.proposals import STRATEGIES
 from bulkshift.core.presort import default_n_clusters, presort
+from bulkshift.core.proposals import STRATEGIES
 from bulkshift.core.ranking import recommendation_probabilities, recommended_labels
 from bulkshift.core.uncertainty import certainty_score
-
-
-def cluster_name(cluster: int, n_clusters: int) -> str:
-    """``Cluster 01`` … : numbered from 1, zero-padded so they sort as numbers."""
-    width = max(2, len(str(n_clusters)))
-    return f"Cluster {cluster + 1:0{width}d}"
+from ml_backend.protocol import folder_name
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,7 @@ def sort_into_folders(
     clusters, label_of, closeness = [], {}, {}
     for cluster in range(k):
         members = sorted_.members_nearest_first(cluster)
-        name = cluster_name(cluster, k)
+        name = folder_name(cluster, k)
         farthest = float(sorted_.distances[members].max()) if len(members) else 0.0
         for row in members:
             task = int(task_ids[row])

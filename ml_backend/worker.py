@@ -8,13 +8,12 @@ only wait.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from rq import Queue, SimpleWorker, Worker
 
 from bulkshift import store
-from ml_backend.config import ConfigurationError, Settings
+from ml_backend.config import configure_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,17 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     arguments = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=arguments.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # httpx logs every request URL at INFO: one line per image is noise.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        settings = Settings.from_environment()
-    except ConfigurationError as error:
-        print(f"ml_backend.worker: {error}", file=sys.stderr)
-        return 2
+    settings = configure_process("ml_backend.worker", arguments.log_level)
 
     connection = store.connect()
     queue = Queue(settings.queue_name, connection=connection)

@@ -24,7 +24,11 @@ from bulkshift.datasets import (
     read_manifest,
 )
 from bulkshift.datasets import emoji as emoji_module
-from bulkshift.datasets.fashion_mnist import DEFAULT_SOURCE_DIR, balanced_sample
+from bulkshift.datasets.fashion_mnist import (
+    DEFAULT_SOURCE_DIR,
+    balanced_sample,
+    built_layout,
+)
 
 
 def _load_script(name: str):
@@ -151,6 +155,51 @@ def test_fashion_mnist_rebuild_never_duplicates(tmp_path, fake_fashion_mnist):
     assert len(listed) == 10
     assert tree_files(out) == sorted(listed + ["Bag/my-photo.jpg"])
     assert own_file.read_bytes() == b"a person's own file"
+
+
+def test_flat_fashion_mnist_hides_the_class_from_every_path(
+    tmp_path, fake_fashion_mnist
+):
+    source, images, labels = fake_fashion_mnist
+    out = tmp_path / "demo"
+
+    report = build_fashion_mnist(
+        out, n_images=12, seed=5, source_dir=source, layout="flat"
+    )
+
+    rows = read_manifest(out)
+    chosen = sorted(int(row["source"].rsplit(":", 1)[1]) for row in rows)
+    assert report.n_images == 12 and tree_files(out) == [
+        f"fmnist-{position:06d}.png" for position in range(12)
+    ]
+    for row in rows:
+        index = int(row["source"].rsplit(":", 1)[1])
+        # Numbered by position in the sample, in the split's order.
+        assert row["path"] == f"fmnist-{chosen.index(index):06d}.png"
+        assert row["label"] == CLASS_NAMES[labels[index]]  # the truth, here only
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / row["path"])), images[index]
+        )
+    again = build_fashion_mnist(
+        out, n_images=12, seed=5, source_dir=source, layout="flat"
+    )
+    assert (again.written, again.unchanged, again.removed) == (0, 12, 0)
+
+
+def test_built_layout_is_read_from_the_manifest(tmp_path, fake_fashion_mnist):
+    source = fake_fashion_mnist[0]
+    build_fashion_mnist(tmp_path / "tree", n_images=10, source_dir=source)
+    build_fashion_mnist(
+        tmp_path / "flat", n_images=10, source_dir=source, layout="flat"
+    )
+
+    assert built_layout(tmp_path / "tree") == "by-category"
+    assert built_layout(tmp_path / "flat") == "flat"
+    assert built_layout(tmp_path / "nothing") is None
+    with pytest.raises(ValueError, match="by-category, flat.*'shuffled'"):
+        build_fashion_mnist(
+            tmp_path / "x", n_images=10, source_dir=source, layout="shuffled"
+        )
 
 
 def test_fashion_mnist_missing_files_say_how_to_install(tmp_path):

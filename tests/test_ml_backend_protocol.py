@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from bulkshift.store import BackendStore
 from ml_backend import features as backend_features
 from ml_backend import jobs, protocol, training
 from ml_backend.config import ConfigurationError, Settings
+from ml_backend.images import ImageReader, LocalFiles
 
 PAYLOADS = Path(__file__).parent / "fixtures" / "ls_payloads"
 AUTH = ("backend-user", "backend-password")
@@ -146,10 +148,20 @@ def test_prediction_carries_choice_score_and_readable_recommendations():
 # -- training helpers (hand-computed cases) ------------------------------------------
 
 
-def test_cluster_names_sort_as_numbers():
-    assert training.cluster_name(0, 3) == "Cluster 01"
-    assert training.cluster_name(11, 12) == "Cluster 12"
-    assert training.cluster_name(9, 120) == "Cluster 010"
+def test_folder_names_sort_as_numbers():
+    assert protocol.folder_name(0, 3) == "Cluster 01"
+    assert protocol.folder_name(11, 12) == "Cluster 12"
+    assert protocol.folder_name(9, 120) == "Cluster 010"
+
+
+def test_the_run_command_s_config_offers_the_backend_s_first_folder():
+    from bulkshift.stack.run import LABEL_CONFIG
+
+    folders = training.sort_into_folders([7, 8], np.array([[0.0], [5.0]]), 2)
+    first = min(cluster["name"] for cluster in folders.clusters)
+
+    assert protocol.parse_labeling_config(LABEL_CONFIG).labels == [first]
+    assert protocol.FIRST_FOLDER_NAME == first
 
 
 def test_folders_list_the_member_nearest_the_centre_first():
@@ -268,6 +280,104 @@ def test_features_are_cached_by_content_across_projects(redis_server):
     )
     assert other.computed == 0
     np.testing.assert_array_equal(other.features[0], first.features[1])
+
+
+# -- reading images: from Label Studio's document root, several at once ---------------
+
+LS_URL = "http://label-studio:8080"  # as the backend reaches it
+PUBLIC_URL = "http://localhost:8080"  # as its task URLs name it (LABEL_STUDIO_HOST)
+
+
+@pytest.fixture
+def document_root(tmp_path):
+    """A document root with one image, a link to a folder outside it, and traps.
+
+    ``root/shop/shoe.png`` is inside; ``outside/secret.png`` is not, and is reachable
+    only through ``..``, an absolute path, or the link ``root/shop/escape`` that sits
+    below the root's top level; ``root/photos`` is a top-level link to ``elsewhere``
+    (as ``up`` makes for a folder outside the root).
+    """
+    root = tmp_path / "root"
+    (root / "shop").mkdir(parents=True)
+    (root / "shop" / "shoe.png").write_bytes(b"shoe from disk")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.png").write_bytes(b"secret")
+    (root / "shop" / "escape").symlink_to(tmp_path / "outside")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "hat.png").write_bytes(b"hat from disk")
+    (root / "photos").symlink_to(tmp_path / "elsewhere")
+    return root
+
+
+def test_local_files_are_read_from_disk_and_anything_else_over_http(document_root):
+    downloaded = []
+
+    def download(url):
+        downloaded.append(url)
+        return b"over http"
+
+    reader = ImageReader(download, LocalFiles(document_root, [LS_URL, PUBLIC_URL]))
+    outside = document_root.parent / "outside" / "secret.png"
+
+    assert reader(f"{LS_URL}/data/local-files/?d=shop/shoe.png") == b"shoe from disk"
+    assert (
+        reader(f"{PUBLIC_URL}/data/local-files/?d=shop/shoe.png") == b"shoe from disk"
+    )
+    assert reader("/data/local-files/?d=shop%2Fshoe.png") == b"shoe from disk"
+    assert reader("/data/local-files/?d=photos/hat.png") == b"hat from disk"
+    left_to_http = [
+        "/data/local-files/?d=../outside/secret.png",  # traversal
+        "/data/local-files/?d=shop/../../outside/secret.png",
+        f"/data/local-files/?d={outside}",  # an absolute path
+        "/data/local-files/?d=shop/escape/secret.png",  # a link below the top level
+        "/data/local-files/?d=shop/missing.png",  # Label Studio answers 404 itself
+        "/data/local-files/?d=",
+        "http://other-host:8080/data/local-files/?d=shop/shoe.png",
+        "/data/upload/1/0a1b-shoe.png",
+        "https://images.example/shoe.png",
+    ]
+    for url in left_to_http:
+        assert reader(url) == b"over http", url
+    assert downloaded == left_to_http
+    assert (reader.from_disk, reader.over_http) == (4, len(left_to_http))
+
+
+def test_without_a_document_root_everything_is_downloaded(document_root):
+    reader = ImageReader(lambda url: b"over http", None)
+    assert reader("/data/local-files/?d=shop/shoe.png") == b"over http"
+    assert (reader.from_disk, reader.over_http) == (0, 1)
+
+
+def test_images_are_downloaded_several_at_once_with_errors_per_task(redis_server):
+    # Each download waits until four are in flight: one at a time, none would finish.
+    in_flight = threading.Barrier(4, timeout=10)
+    files = {f"/img-{i}.png": _png((30 * i, 0, 0)) for i in range(8)}
+
+    def download(url):
+        try:
+            in_flight.wait()
+        except threading.BrokenBarrierError:
+            raise OSError("downloads ran one at a time") from None
+        if url == "/img-5.png":
+            raise OSError("HTTP 404")
+        return files[url]
+
+    urls = {task: f"/img-{task}.png" for task in range(8)}
+    store = BackendStore(scratch_redis(redis_server))
+    extractor = backend_features.load_extractor("pixels")
+    result = backend_features.task_features(
+        12, urls, store, extractor, ImageReader(download, threads=4), 8
+    )
+
+    assert result.errors == {5: "HTTP 404"}
+    assert result.task_ids == [0, 1, 2, 3, 4, 6, 7]
+
+
+def test_settings_read_the_document_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", str(tmp_path))
+    assert Settings.from_environment().local_files_root == tmp_path
+    monkeypatch.delenv("LOCAL_FILES_DOCUMENT_ROOT")
+    assert Settings.from_environment().local_files_root is None
 
 
 # -- the HTTP app (real Redis, Flask test client) ------------------------------------

@@ -14,10 +14,13 @@ import redis
 
 from bulk_shift_plugin import keys
 from bulk_shift_plugin.app import create_app
+from bulk_shift_plugin.config import Settings, connect_redis
 from bulk_shift_plugin.labelstudio import SECRET_HEADER, ChoicesControl, with_choices
 from bulk_shift_plugin.service import AutoApply, BulkShiftService
 from bulk_shift_plugin.state import ProjectIndex, TaskState, TaskStore
 from bulk_shift_plugin.transactions import Move, ShiftLog, ShiftRecord
+from bulkshift import store
+from bulkshift.stack.run import process_start_time
 
 
 class ChoicesOnlyGateway:
@@ -261,3 +264,52 @@ def test_webhook_for_a_task_in_flight_is_our_own_write(client, redis_client, pro
 
     assert answer.get_json()["result"] == "own write"
     assert TaskStore(redis_client).get(project, 1).label == "A"
+
+
+# -- one source for key names and for finding Redis --------------------------------
+
+
+def test_the_service_key_names_are_the_store_s():
+    assert keys.labels is store.labels_key
+    assert keys.clusters is store.clusters_key
+    assert keys.recommendations is store.recommendations_key
+    assert keys.model_version is store.model_version_key
+    assert keys.tasks is store.tasks_key
+    assert keys.project_key is store.project_key
+    assert (keys.PREFIX, keys.EVENTS_SEEN) == ("bulkshift", "bulkshift:events:seen")
+    # Spelled out once, from docs/ARCHITECTURE.md, so a rename shows up here.
+    assert keys.labels(7) == "bulkshift:project:7:labels"
+    assert keys.proposals(7) == "bulkshift:project:7:proposals"
+    assert keys.shifts(7) == "bulkshift:project:7:shifts"
+    assert keys.shift("ab12") == "bulkshift:shift:ab12"
+
+
+def test_service_and_backend_resolve_the_data_dir_alike(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BULKSHIFT_DATA_DIR", "")  # set but empty, as compose does
+    settings = Settings.from_environment(
+        label_studio_api_key="token", webhook_secret="secret"
+    )
+    assert settings.data_dir == store.data_dir() == tmp_path / "var"
+
+
+def test_without_redis_url_the_service_uses_the_stack_s_embedded_redis(
+    monkeypatch, tmp_path
+):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("BULKSHIFT_DATA_DIR", str(tmp_path))
+    service_client = connect_redis(None)
+    try:
+        backend_client = store.connect()
+        service_client.set("bulkshift:test:who", "service")
+        assert backend_client.get("bulkshift:test:who") == b"service"
+        port = int((tmp_path / "redis" / "redis.port").read_text())
+        assert service_client.connection_pool.connection_kwargs["port"] == port
+        # Recorded so that down.sh (or a person) can stop it by PID.
+        pid = int((tmp_path / "redis" / "redis.pid").read_text())
+        assert process_start_time(pid) is not None
+    finally:
+        try:  # the server this test made start
+            service_client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass

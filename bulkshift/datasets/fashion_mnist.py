@@ -1,8 +1,13 @@
-"""Fashion-MNIST as a folder-per-category tree of PNG files.
+"""Fashion-MNIST as PNG files: a folder per category, or one flat folder.
 
 The images come from Debian's ``dataset-fashion-mnist`` package (IDX files, gzipped,
 under ``/usr/share/datasets/fashion-mnist``): 60,000 training and 10,000 test images of
 28 x 28 gray pixels in ten balanced classes.
+
+Two layouts: ``by-category`` (``Trouser/train-17042.png``) is what the benchmark and
+:func:`~bulkshift.datasets.load_folder` read; ``flat`` (``fmnist-000123.png``) is the
+demo's, where the person sorting the images must not see the answer in a file path.
+Both keep the true category in ``manifest.csv``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bulkshift.datasets.folder import BuildReport, DatasetError, TreeEntry, write_tree
+from bulkshift.datasets.folder import (
+    BuildReport,
+    DatasetError,
+    TreeEntry,
+    read_manifest,
+    write_tree,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +46,9 @@ CLASS_NAMES = (
     "Bag",
     "Ankle_boot",
 )
+
+LAYOUTS = ("by-category", "flat")
+FLAT_PREFIX = "fmnist"
 
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 _IDX_TYPES = {
@@ -134,8 +148,9 @@ def build_fashion_mnist(
     seed: int = 0,
     split: str = "train",
     source_dir: str | os.PathLike = DEFAULT_SOURCE_DIR,
+    layout: str = "by-category",
 ) -> BuildReport:
-    """Write a balanced sample of Fashion-MNIST as ``out_dir/<class>/<split>-<i>.png``.
+    """Write a balanced sample of Fashion-MNIST as PNG files under ``out_dir``.
 
     Parameters
     ----------
@@ -148,6 +163,10 @@ def build_fashion_mnist(
         Seed of the sample.
     split : {"train", "test"}, default="train"
     source_dir : path, default=/usr/share/datasets/fashion-mnist
+    layout : {"by-category", "flat"}, default="by-category"
+        ``by-category``: ``out_dir/<class>/<split>-<i>.png``, ``i`` the image's index
+        in the split. ``flat``: ``out_dir/fmnist-<n>.png``, ``n`` its position in the
+        sample (in the order of the split): no file path tells the class.
 
     Returns
     -------
@@ -155,6 +174,8 @@ def build_fashion_mnist(
     """
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     images, labels = load_fashion_mnist(split, source_dir)
     chosen = balanced_sample(labels, n_images, len(CLASS_NAMES), seed)
     logger.info(
@@ -167,14 +188,31 @@ def build_fashion_mnist(
 
     entries = [
         TreeEntry(
-            path=f"{CLASS_NAMES[labels[index]]}/{split}-{index:05d}.png",
+            path=_image_path(layout, split, index, position, labels[index]),
             label=CLASS_NAMES[labels[index]],
             source=f"fashion-mnist:{split}:{index}",
             content=lambda pixels=images[index]: _png(pixels),
         )
-        for index in chosen
+        for position, index in enumerate(chosen)
     ]
     return write_tree(out_dir, entries)
+
+
+def built_layout(out_dir: str | os.PathLike) -> str | None:
+    """The layout of the sample already in ``out_dir``, or None if there is none.
+
+    Read from its ``manifest.csv``: a path with a folder in it is ``by-category``.
+    """
+    rows = read_manifest(Path(out_dir))
+    if not rows:
+        return None
+    return "by-category" if any("/" in row["path"] for row in rows) else "flat"
+
+
+def _image_path(layout: str, split: str, index: int, position: int, label: int) -> str:
+    if layout == "flat":
+        return f"{FLAT_PREFIX}-{position:06d}.png"
+    return f"{CLASS_NAMES[label]}/{split}-{index:05d}.png"
 
 
 def _png(pixels: np.ndarray) -> bytes:

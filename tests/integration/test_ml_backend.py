@@ -78,8 +78,9 @@ def test_image_set_under_document_root(label_studio, image_set):
 
 
 @pytest.fixture(scope="module")
-def backend(redis_server, tmp_path_factory):
-    """The backend's HTTP server and worker as real processes, with basic auth."""
+def backend(redis_server, label_studio, tmp_path_factory):
+    """The backend's HTTP server and worker as real processes, with basic auth,
+    reading Label Studio's local files from its document root."""
     logs = tmp_path_factory.mktemp("backend")
     environment = {
         "REDIS_URL": redis_server,
@@ -91,6 +92,7 @@ def backend(redis_server, tmp_path_factory):
         "BULKSHIFT_QUEUE": f"bulkshift-test-{int(time.time())}",
         # The token comes from /setup, as when a person connects the model.
         "LABEL_STUDIO_API_KEY": "",
+        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root or ""),
     }
     server = BackendServer(logs / "backend.log", environment).start()
     worker = BackendWorker(logs / "worker.log", environment).start()
@@ -189,6 +191,15 @@ def test_pre_annotations_are_clusters(ls_client, sorted_project):
             ]
     config = ls_client.projects.get(id=project).label_config
     assert "Cluster 03" in config and "bulkshift_recommended" in config
+
+
+def test_local_files_are_read_from_disk(backend, label_studio, sorted_project):
+    if label_studio.document_root is None:
+        pytest.skip("Label Studio's document root is unknown")
+    worker_log = (backend.log_path.parent / "worker.log").read_text()
+    project = sorted_project["id"]
+    # All 31 files, the broken one too: it is read, then fails to decode.
+    assert f"project {project}: 31 images read from disk, 0 downloaded" in worker_log
 
 
 def test_broken_image_is_an_error_for_its_task_only(sorted_project):

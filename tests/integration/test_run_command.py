@@ -9,14 +9,17 @@ second ``up`` reuses everything, and that ``down`` stops every process.
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from label_studio_sdk import LabelStudio
 
+from bulkshift.datasets import build_fashion_mnist
 from bulkshift.stack import free_port
 from bulkshift.stack.run import (
     SERVICES,
@@ -24,6 +27,7 @@ from bulkshift.stack.run import (
     _link_under,
     _title_for,
     process_start_time,
+    sample_layout,
     webhook_secret,
 )
 from bulkshift.store import BackendStore, features_key
@@ -158,6 +162,9 @@ def test_first_up_creates_a_project_with_cluster_predictions(stack):
         assert choice in cluster_names
     assert first["n_feature_keys"] == n_images
     assert first["n_backends"] == 1 and first["n_storages"] == 1
+    # The folder is linked under the document root, and read from disk.
+    worker_log = (stack["data_dir"] / "logs" / "ml-worker.log").read_text()
+    assert f"{n_images} images read from disk, 0 downloaded" in worker_log
 
 
 @pytest.mark.integration
@@ -299,3 +306,28 @@ def test_project_title_is_the_folder_name():
     assert _title_for(Path("/data/summer_catalogue")) == "summer catalogue"
     assert _title_for(Path("/x/ab")) == "Images ab"
     assert len(_title_for(Path("/x/" + "a" * 80))) == 50
+
+
+def test_the_demo_sample_is_flat_unless_an_older_tree_is_there(tmp_path):
+    def idx_bytes(array):  # the IDX format: 0, 0, type 8 (bytes), dims, sizes
+        header = bytes([0, 0, 8, array.ndim]) + struct.pack(
+            f">{array.ndim}I", *array.shape
+        )
+        return header + array.astype(np.uint8).tobytes()
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "train-images-idx3-ubyte").write_bytes(
+        idx_bytes(np.zeros((20, 4, 4), dtype=np.uint8))
+    )
+    (source / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(20) % 10))
+    old = tmp_path / "old"
+    build_fashion_mnist(old, n_images=10, source_dir=source)  # the old default
+
+    assert sample_layout(tmp_path / "new") == ("flat", None)
+    layout, note = sample_layout(old)
+    # Rebuilding it flat would give its project a second task per image.
+    assert layout == "by-category"
+    assert "scripts/down.sh" in note and f"remove {old}" in note
+    build_fashion_mnist(old, n_images=10, source_dir=source, layout="flat")
+    assert sample_layout(old) == ("flat", None)
