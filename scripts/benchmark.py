@@ -123,9 +123,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--threshold",
         type=float,
         default=0.99,
-        help="stop at this completeness; the paper's code 0.99, its text 0.999",
+        help="stop at this completeness; the paper's code 0.99, its text 0.999 "
+        "(default: %(default)s)",
     )
-    run.add_argument("--batch-size", type=int, default=250, help="images per round")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=250,
+        help="images shown per round (default: %(default)s)",
+    )
     run.add_argument(
         "--n-clusters", type=int, help="k-means folders (default: one per category)"
     )
@@ -255,18 +261,22 @@ def _simulate_one(features, labels, arguments, classifier, measure, strategy):
         )
 
 
-def run_grid(features, labels, arguments) -> list[SimulationResult]:
+def grid_of(arguments: argparse.Namespace) -> list[tuple[str, str, str]]:
     """Every classifier x measure x strategy, in the order the tables list them."""
     classifiers = _split_names(arguments.classifiers, CLASSIFIERS, "classifier")
     measures = _split_names(arguments.uncertainty, MEASURES, "uncertainty measure")
     strategies = _split_names(arguments.strategy, STRATEGIES, "strategy")
-    grid = [
+    return [
         (classifier, measure, strategy)
         for classifier in classifiers
         for measure in measures
         for strategy in strategies
     ]
 
+
+def run_grid(features, labels, arguments) -> list[SimulationResult]:
+    """Run the grid, two simulations side by side on two cores."""
+    grid = grid_of(arguments)
     results: dict[tuple, SimulationResult] = {}
     with concurrent.futures.ProcessPoolExecutor(max(1, arguments.jobs)) as pool:
         futures = {
@@ -410,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     if not 0 < arguments.threshold <= 1:
         raise BenchmarkInputError(f"--threshold {arguments.threshold} must be in (0, 1]")
+    grid_of(arguments)  # refuse unknown names before spending time on features
 
     started = time.perf_counter()
     features, labels, names, extractor_id = load_arrays(arguments)
