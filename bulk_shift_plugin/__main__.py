@@ -7,7 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from bulk_shift_plugin.config import ConfigError, Settings, connect_redis
+from bulk_shift_plugin.config import (
+    ConfigError,
+    Settings,
+    connect_redis,
+    read_api_key,
+)
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -34,12 +39,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "redis-server under BULKSHIFT_DATA_DIR)",
     )
     parser.add_argument(
-        "--label-studio-url", help="Label Studio URL (LABEL_STUDIO_URL)"
+        "--label-studio-url",
+        help="Label Studio URL (LABEL_STUDIO_URL, else http://127.0.0.1:"
+        "BULKSHIFT_LS_PORT, port 8080 unless set)",
     )
     parser.add_argument(
         "--api-key-file",
         type=Path,
-        help="file holding the Label Studio API key (else LABEL_STUDIO_API_KEY)",
+        help="file holding the Label Studio API key, or the credentials.json "
+        "scripts/up.sh writes (else LABEL_STUDIO_API_KEY)",
     )
     parser.add_argument(
         "--project",
@@ -93,9 +101,7 @@ def main(argv=None) -> int:
             redis_url=arguments.redis_url,
             label_studio_url=arguments.label_studio_url,
             label_studio_api_key=(
-                arguments.api_key_file.read_text().strip()
-                if arguments.api_key_file
-                else None
+                read_api_key(arguments.api_key_file) if arguments.api_key_file else None
             ),
             projects=tuple(arguments.projects) if arguments.projects else None,
             auto_apply=arguments.auto_apply,

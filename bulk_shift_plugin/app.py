@@ -16,6 +16,8 @@ from flask import Flask, abort, jsonify, redirect, render_template, request, url
 from bulk_shift_plugin.errors import (
     BulkShiftServiceError,
     LabelStudioUnavailableError,
+    NamingBusyError,
+    NamingError,
     ShiftBusyError,
     ShiftStateError,
     UnknownProposalError,
@@ -23,6 +25,7 @@ from bulk_shift_plugin.errors import (
     WebhookPayloadError,
     WebhookSecretError,
 )
+from bulk_shift_plugin.naming import cluster_choice, folder_choices, label_choice
 from bulk_shift_plugin.service import AutoApply, BulkShiftService
 from bulk_shift_plugin.webhooks import WebhookReceiver
 
@@ -35,6 +38,7 @@ STATUS_OF_ERROR = {
     UnknownProposalError: 404,
     ShiftStateError: 409,
     ShiftBusyError: 409,
+    NamingBusyError: 409,
     LabelStudioUnavailableError: 502,
 }
 
@@ -149,10 +153,17 @@ def create_app(service: BulkShiftService, webhook_secret: str) -> Flask:
         "/projects/<int:project>/proposals/<proposal_id>/reject", methods=["POST"]
     )
     def reject(project, proposal_id):
-        service.reject(project, proposal_id)
+        proposal = service.reject(project, proposal_id)
         if wants_json():
             return jsonify({"rejected": proposal_id})
-        return redirect(url_for("review", project=project))
+        return redirect(
+            url_for(
+                "review",
+                project=project,
+                message=f"Rejected: {len(proposal['members'])} images stay in "
+                f"{proposal['source']} (not moved to {proposal['destination']}).",
+            )
+        )
 
     @app.route("/projects/<int:project>/auto-apply", methods=["POST"])
     def set_auto_apply(project):
@@ -219,34 +230,79 @@ def create_app(service: BulkShiftService, webhook_secret: str) -> Flask:
 
     # -- cluster naming ----------------------------------------------------------
 
+    def render_naming(project, typed=None, merges=None, error=None, status=200):
+        clusters = service.clusters(project)
+        folder_names = service.folder_names(project)
+        cluster_names = {cluster["name"] for cluster in clusters}
+        labels = [
+            name for name in service.label_names(project) if name not in cluster_names
+        ]
+        typed = typed if typed is not None else {}
+        return (
+            render_template(
+                "naming.html",
+                project=project,
+                clusters=clusters,
+                labels=labels,
+                folder_names=folder_names,
+                typed={
+                    int(c["cluster"]): typed.get(
+                        int(c["cluster"]),
+                        folder_names.get(str(c["cluster"]), ""),
+                    )
+                    for c in clusters
+                },
+                merges=merges or {},
+                naming=service.naming_status(project),
+                error=error,
+                cluster_choice=cluster_choice,
+                label_choice=label_choice,
+                per_cluster=int(request.args.get("show", 12)),
+            ),
+            status,
+        )
+
     @app.route("/projects/<int:project>/naming")
     def naming(project):
-        return render_template(
-            "naming.html",
-            project=project,
-            clusters=service.clusters(project),
-            labels=service.label_names(project),
-            folder_names=service.folder_names(project),
-            per_cluster=int(request.args.get("show", 12)),
-        )
+        return render_naming(project)
 
     @app.route("/projects/<int:project>/naming", methods=["POST"])
     def submit_naming(project):
-        names = {}
-        for cluster in service.clusters(project):
-            number = int(cluster["cluster"])
-            merge_into = (request.form.get(f"merge_{number}") or "").strip()
-            typed = (request.form.get(f"name_{number}") or "").strip()
-            if merge_into or typed:
-                names[number] = merge_into or typed
-        record = service.name_clusters(project, names)
-        moved = len(record.moves) if record else 0
-        return redirect(
-            url_for(
-                "shifts",
-                project=project,
-                message=f"{len(names)} folders named; {moved} images labeled.",
-            )
+        if request.is_json:
+            body = request.get_json() or {}
+            choices = {int(c): str(n) for c, n in (body.get("names") or {}).items()}
+            typed, merges = choices, {}
+        else:
+            typed, merges = {}, {}
+            for cluster in service.clusters(project):
+                number = int(cluster["cluster"])
+                typed[number] = (request.form.get(f"name_{number}") or "").strip()
+                merges[number] = (request.form.get(f"merge_{number}") or "").strip()
+            choices = folder_choices(typed, merges)
+        try:
+            status = service.start_naming(project, choices)
+        except NamingError as error:
+            if wants_json():
+                return jsonify({"error": str(error)}), 400
+            return render_naming(project, typed, merges, str(error), 400)
+        status_url = url_for("naming_status", project=project)
+        if wants_json():
+            return jsonify({**status, "status_url": status_url}), 202
+        return redirect(url_for("naming_progress", project=project), code=303)
+
+    @app.route("/projects/<int:project>/naming/status")
+    def naming_status(project):
+        status = service.naming_status(project)
+        if status is None:
+            return jsonify({"status": "none"})
+        return jsonify(status)
+
+    @app.route("/projects/<int:project>/naming/progress")
+    def naming_progress(project):
+        return render_template(
+            "naming_progress.html",
+            project=project,
+            naming=service.naming_status(project),
         )
 
     # -- images ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import redis
 from bulkshift import store
 
 DEFAULT_LABEL_STUDIO_URL = "http://127.0.0.1:8080"
+# What scripts/up.sh writes under BULKSHIFT_DATA_DIR: JSON with the token.
+CREDENTIALS_FILE = "credentials.json"
 DEFAULT_PORT = 9095
 
 
@@ -51,7 +54,7 @@ class Settings:
         values = {
             # Unset: bulkshift.store.redis_url() finds the stack's embedded Redis.
             "redis_url": env.get(store.REDIS_URL_ENV) or None,
-            "label_studio_url": env.get("LABEL_STUDIO_URL", DEFAULT_LABEL_STUDIO_URL),
+            "label_studio_url": default_label_studio_url(),
             "label_studio_api_key": env.get("LABEL_STUDIO_API_KEY", ""),
             "webhook_secret": env.get("BULKSHIFT_WEBHOOK_SECRET", ""),
             "host": env.get("BULKSHIFT_PLUGIN_HOST", "127.0.0.1"),
@@ -83,6 +86,69 @@ class Settings:
                 "(e.g. `python -c 'import secrets; print(secrets.token_hex(16))'`)"
             )
         return settings
+
+
+def default_label_studio_url() -> str:
+    """``LABEL_STUDIO_URL``, else the Label Studio ``scripts/up.sh`` starts
+    (127.0.0.1 on ``BULKSHIFT_LS_PORT``, default 8080)."""
+    url = os.environ.get("LABEL_STUDIO_URL")
+    if url:
+        return url
+    port = os.environ.get("BULKSHIFT_LS_PORT") or "8080"
+    return f"http://127.0.0.1:{port}"
+
+
+def default_credentials_file() -> Path:
+    """The credentials file ``scripts/up.sh`` writes (``BULKSHIFT_DATA_DIR``)."""
+    return store.data_dir() / CREDENTIALS_FILE
+
+
+def read_api_key(path: Path) -> str:
+    """The Label Studio API key in ``path``.
+
+    Either a file holding only the key, or JSON with a ``"token"`` entry, such as the
+    ``credentials.json`` that ``scripts/up.sh`` writes. The key is never part of an
+    error message.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read the API key file {path} ({error.strerror}); pass a file "
+            "holding the key, or the credentials.json that scripts/up.sh writes"
+        ) from None
+    if text.startswith("{"):
+        try:
+            content = json.loads(text)
+        except ValueError:
+            raise ConfigError(
+                f"{path} starts like JSON but is not valid JSON; pass a file holding "
+                'only the key, or JSON like {"token": "..."}'
+            ) from None
+        token = next(
+            (
+                content[name]
+                for name in ("token", "api_key", "LABEL_STUDIO_API_KEY")
+                if isinstance(content.get(name), str) and content[name].strip()
+            ),
+            None,
+        )
+        if token is None:
+            raise ConfigError(
+                f'{path} is JSON without a "token" entry (it has: '
+                f"{', '.join(sorted(content)) or 'nothing'}); pass the credentials.json "
+                "that scripts/up.sh writes, or a file holding only the key"
+            )
+        return token.strip()
+    if not text:
+        raise ConfigError(f"the API key file {path} is empty")
+    if any(character.isspace() for character in text):
+        raise ConfigError(
+            f"the API key file {path} holds more than one word; it must hold only the "
+            'key (Account & Settings in Label Studio), or be JSON with a "token"'
+        )
+    return text
 
 
 def connect_redis(redis_url: str | None) -> redis.Redis:

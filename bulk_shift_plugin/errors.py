@@ -45,3 +45,11 @@ class WebhookSecretError(BulkShiftServiceError):
 
 class WebhookPayloadError(BulkShiftServiceError):
     """A webhook request body is not a Label Studio event this service understands."""
+
+
+class NamingError(BulkShiftServiceError):
+    """The folder names a person submitted cannot be applied as given."""
+
+
+class NamingBusyError(BulkShiftServiceError):
+    """A naming of the same project is still running."""

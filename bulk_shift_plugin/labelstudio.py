@@ -147,6 +147,14 @@ class LabelStudioGateway:
     def _call(self, what: str, function, *args, **kwargs):
         try:
             return function(*args, **kwargs)
+        except httpx.LocalProtocolError:
+            # Raised before anything is sent, mostly for a header value with line
+            # breaks or quotes: an API key file with more than the key in it.
+            raise LabelStudioUnavailableError(
+                f"could not send the request to {what} to Label Studio at {self.url}: "
+                "the API key is not a valid header value; pass only the key (or the "
+                "credentials.json that scripts/up.sh writes)"
+            ) from None
         except httpx.TransportError as error:
             raise LabelStudioUnavailableError(
                 f"Label Studio at {self.url} did not answer while trying to {what} "

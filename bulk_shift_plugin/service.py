@@ -17,8 +17,14 @@ import numpy as np
 import redis
 
 from bulk_shift_plugin import keys
-from bulk_shift_plugin.errors import ShiftStateError, UnknownProposalError
+from bulk_shift_plugin.errors import (
+    BulkShiftServiceError,
+    NamingBusyError,
+    ShiftStateError,
+    UnknownProposalError,
+)
 from bulk_shift_plugin.labelstudio import LabelStudioGateway
+from bulk_shift_plugin.naming import naming_label_set, resolve_folder_names
 from bulk_shift_plugin.shifts import ShiftApplier, StepHook
 from bulk_shift_plugin.state import ProjectIndex, TaskState, TaskStore, decode, now_iso
 from bulk_shift_plugin.transactions import ShiftLog, ShiftRecord
@@ -83,6 +89,8 @@ class BulkShiftService:
         self._indexes: dict[int, ProjectIndex] = {}
         self._indexes_lock = threading.Lock()
         self.background: list[threading.Thread] = []
+        self._naming_threads: dict[int, threading.Thread] = {}
+        self._naming_lock = threading.Lock()
 
     # -- cached arrays -------------------------------------------------------------
 
@@ -195,9 +203,9 @@ class BulkShiftService:
             "model_version": decode(self.redis.get(keys.model_version(project))),
             "created_at": now_iso(),
         }
-        self.redis.hset(keys.proposals(project), record["id"], json.dumps(record))
+        replaced = self._store_proposal(project, record)
         logger.info(
-            "project %s: proposal %s from %r to %r of %d tasks (rank %d, seed task %s)",
+            "project %s: proposal %s from %r to %r of %d tasks (rank %d, seed task %s)%s",
             project,
             record["id"],
             source,
@@ -205,6 +213,7 @@ class BulkShiftService:
             len(members),
             proposal.rank + 1,
             seed_task,
+            f"; replaces {', '.join(replaced)}" if replaced else "",
         )
         if self.auto_apply(project).accepts(record):
             thread = threading.Thread(
@@ -213,6 +222,35 @@ class BulkShiftService:
             self.background.append(thread)
             thread.start()
         return record
+
+    def _store_proposal(self, project: int, record: dict) -> list[str]:
+        """Store ``record`` in place of the pending proposals on its route.
+
+        The rule searches the whole pool, so a newer proposal on the same (source,
+        destination, rank) already holds every member an older one still could move:
+        two cards for one route would only make a person review the same images
+        twice. Returns the ids replaced.
+        """
+        route = (record["source"], record["destination"], record["rank"])
+        key = keys.proposals(project)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    older = [
+                        pending["id"]
+                        for pending in map(json.loads, pipe.hvals(key))
+                        if (pending["source"], pending["destination"], pending["rank"])
+                        == route
+                    ]
+                    pipe.multi()
+                    if older:
+                        pipe.hdel(key, *older)
+                    pipe.hset(key, record["id"], json.dumps(record))
+                    pipe.execute()
+                    return older
+                except redis.WatchError:
+                    continue
 
     def _auto_accept(self, project: int, proposal_id: str) -> None:
         try:
@@ -241,7 +279,8 @@ class BulkShiftService:
         if raw is None:
             raise UnknownProposalError(
                 f"no pending proposal {proposal_id!r} in project {project}; it was "
-                "accepted or rejected already"
+                "accepted or rejected already, or a newer proposal on the same route "
+                "replaced it. Reload the review page"
             )
         return json.loads(raw)
 
@@ -370,38 +409,166 @@ class BulkShiftService:
         raw = self.redis.get(keys.labels(project))
         return json.loads(raw) if raw else []
 
-    def name_clusters(self, project: int, names: dict[int, str]) -> ShiftRecord | None:
-        """Name the k-means folders and give each task its folder's label.
+    def naming_status(self, project: int) -> dict | None:
+        """The last naming of ``project``: status, stage, progress and outcome.
 
-        ``names`` maps a cluster number to a label name; two clusters with the same
-        name are merged. Unnamed clusters are left as they are. Tasks a person
-        confirmed keep their label.
+        ``status`` is ``running``, ``done``, ``failed`` or ``interrupted`` (the
+        service stopped while it ran).
         """
-        names = {int(c): n.strip() for c, n in names.items() if n and n.strip()}
-        labels = self.label_names(project)
-        for name in names.values():
-            if name not in labels:
-                labels.append(name)
-        self.gateway.set_label_names(project, labels)
-        self.redis.set(keys.labels(project), json.dumps(labels))
-        folder_names = self.folder_names(project)
-        folder_names.update({str(c): n for c, n in names.items()})
-        self.redis.hset(
-            keys.settings(project), "folder_names", json.dumps(folder_names)
-        )
+        raw = self.redis.hget(keys.settings(project), "naming")
+        if raw is None:
+            return None
+        status = json.loads(raw)
+        thread = self._naming_threads.get(int(project))
+        if status["status"] == "running" and (thread is None or not thread.is_alive()):
+            status["status"] = "interrupted"
+            status["error"] = (
+                "the service stopped while naming; submit the names again (tasks "
+                "that have their folder's label already are skipped)"
+            )
+        return status
 
+    def _save_naming_status(self, project: int, status: dict) -> None:
+        self.redis.hset(keys.settings(project), "naming", json.dumps(status))
+
+    def start_naming(self, project: int, choices: dict[int, str]) -> dict:
+        """Check the names, then name the folders in a background thread.
+
+        Returns the naming status (``running``); follow it with
+        :meth:`naming_status`. Invalid names raise :class:`NamingError` at once,
+        before anything changes.
+        """
+        project = int(project)
+        names = resolve_folder_names(
+            self.clusters(project), choices, self.folder_names(project)
+        )
+        with self._naming_lock:
+            thread = self._naming_threads.get(project)
+            if thread is not None and thread.is_alive():
+                raise NamingBusyError(
+                    f"the folders of project {project} are being named already; "
+                    "wait for it to finish (the progress page shows it), then submit "
+                    "again"
+                )
+            status = {
+                "status": "running",
+                "stage": "checking",
+                "done": 0,
+                "total": 0,
+                "folders": len(names),
+                "labels": sorted(set(names.values())),
+                "shift_id": None,
+                "moved": 0,
+                "error": None,
+                "started_at": now_iso(),
+                "finished_at": None,
+            }
+            self._save_naming_status(project, status)
+            thread = threading.Thread(
+                target=self._run_naming, args=(project, names, status), daemon=True
+            )
+            self._naming_threads[project] = thread
+            thread.start()
+        return status
+
+    def _run_naming(self, project: int, names: dict[int, str], status: dict) -> None:
+        def stage(name: str, **values) -> None:
+            status.update(stage=name, **values)
+            self._save_naming_status(project, status)
+
+        def progress(n_tasks: int) -> None:
+            status["done"] += n_tasks
+            self._save_naming_status(project, status)
+
+        try:
+            record = self.name_clusters(project, names, stage=stage, progress=progress)
+        except Exception as error:
+            if isinstance(error, BulkShiftServiceError):
+                status["error"] = str(error)
+            else:
+                logger.exception("project %s: naming failed", project)
+                status["error"] = (
+                    f"naming failed ({type(error).__name__}); see the service's log"
+                )
+            status.update(status="failed", finished_at=now_iso())
+            self._save_naming_status(project, status)
+            return
+        status.update(
+            status="done",
+            stage="done",
+            shift_id=record.id if record else None,
+            moved=len(record.moves) if record else 0,
+            finished_at=now_iso(),
+        )
+        self._save_naming_status(project, status)
+
+    def name_clusters(
+        self,
+        project: int,
+        names: dict[int, str],
+        stage=None,
+        progress=None,
+    ) -> ShiftRecord | None:
+        """Name the k-means folders and give their tasks the folder's label.
+
+        ``names`` maps a folder number to a label name, or to a merge into another
+        folder (see :func:`resolve_folder_names`); folders with the same final name
+        are merged. Unnamed folders are left as they are. Tasks a person confirmed,
+        and tasks a shift moved to another label, keep their label.
+
+        The labeling config's choices become the folder names plus the labels a
+        person added (the folders' own "Cluster NN" names go), and so does
+        ``bulkshift:project:P:labels``. The config is widened first and narrowed
+        after the moves, because Label Studio refuses a config without a label that
+        annotations still use.
+        """
+        stage = stage or (lambda name, **values: None)
+        clusters = self.clusters(project)
+        previous = self.folder_names(project)
+        names = resolve_folder_names(clusters, names, previous)
+        cluster_names = {cluster["name"] for cluster in clusters}
+        folder_names = {int(number): name for number, name in previous.items()}
+        folder_names.update(names)
+
+        # Which tasks get their folder's name: no label yet, a label from an earlier
+        # naming or the backend's folder, or the folder's old name. Not a person's,
+        # and not one a shift or the CLI chose.
+        states = self.tasks.all(project)
         targets: dict[int, str] = {}
-        for cluster in self.clusters(project):
-            name = names.get(int(cluster["cluster"]))
-            if name is not None:
-                targets.update({int(task): name for task in cluster["tasks"]})
-        states = self.tasks.get_many(project, targets)
-        targets = {
-            task: name
-            for task, name in targets.items()
-            if task not in states
-            or (not states[task].confirmed and states[task].label != name)
-        }
+        for cluster in clusters:
+            number = int(cluster["cluster"])
+            name = names.get(number)
+            if name is None:
+                continue
+            old_name = previous.get(str(number))
+            for task in map(int, cluster["tasks"]):
+                state = states.get(task)
+                if state is None:
+                    targets[task] = name
+                elif state.confirmed or state.label == name:
+                    continue
+                elif (
+                    state.origin == "cluster"
+                    or state.label in cluster_names
+                    or state.label == old_name
+                ):
+                    targets[task] = name
+        in_use = {state.label for task, state in states.items() if task not in targets}
+        retired = set(previous.values()) - set(folder_names.values())
+
+        stage("labels")
+        configured = self.gateway.choices_control(project, refresh=True).labels
+        final = naming_label_set(
+            configured, folder_names, cluster_names, retired, in_use
+        )
+        widened = final + [name for name in configured if name not in final]
+        if widened != configured:
+            self.gateway.set_label_names(project, widened)
+        self.redis.hset(
+            keys.settings(project),
+            "folder_names",
+            json.dumps({str(n): name for n, name in sorted(folder_names.items())}),
+        )
         logger.info(
             "project %s: %d folders named (%d labels); %d tasks get their folder's label",
             project,
@@ -409,10 +576,24 @@ class BulkShiftService:
             len(set(names.values())),
             len(targets),
         )
-        if not targets:
-            return None
-        record = self.applier.record(project, "naming", targets, origin="cluster")
-        return self.applier.apply(record)
+
+        record = None
+        if targets:
+            stage("applying", total=len(targets), done=0)
+            record = self.applier.record(project, "naming", targets, origin="cluster")
+            record = self.applier.apply(record, progress=progress)
+
+        stage("labels")
+        if final != widened:
+            self.gateway.set_label_names(project, final)
+        self.redis.set(keys.labels(project), json.dumps(final))
+        logger.info(
+            "project %s: labels after naming: %d (%d folder names)",
+            project,
+            len(final),
+            len(set(folder_names.values())),
+        )
+        return record
 
     # -- registration --------------------------------------------------------------
 

@@ -373,6 +373,8 @@ class ShiftApplier:
         self.log.save(record)
 
         self.apply(record, progress)
+        # Read again: corrections a person made meanwhile were saved to the record.
+        original = self.log.get(shift_id)
         original.status = "undone"
         original.undone_by = record.id
         self.log.save(original)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -102,11 +103,25 @@ class ShiftRecord:
 
     @property
     def purity(self) -> float | None:
-        """Fraction of members that stayed where the shift put them, once a person
-        has reviewed any of them; None before any correction is known."""
+        """Correct members / members: a member is correct until a person moves it
+        away from where the shift put it. None for an undo or an empty shift."""
         if not self.moves or self.kind == "undo":
             return None
-        return 1.0 - len(set(self.corrected)) / len(self.moves)
+        members = set(self.task_ids)
+        return 1.0 - len(set(self.corrected) & members) / len(members)
+
+    @property
+    def purity_text(self) -> str:
+        """Purity as a percentage that never rounds a correction away: one wrong
+        member of 372 shows as 99.7 %, not 100 %."""
+        if self.purity is None:
+            return ""
+        percent = math.floor(self.purity * 1000) / 10
+        text = f"{percent:.0f}%" if percent in (0.0, 100.0) else f"{percent:.1f}%"
+        corrected = len(set(self.corrected) & set(self.task_ids))
+        if corrected:
+            text += f" ({corrected} of {len(set(self.task_ids))} corrected)"
+        return text
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -124,7 +139,7 @@ class ShiftRecord:
             if self.source is not None or self.destination is not None
             else self.kind
         )
-        purity = "" if self.purity is None else f", purity so far {self.purity:.0%}"
+        purity = "" if self.purity is None else f", purity so far {self.purity_text}"
         return f"{self.id} {self.kind} {route}: {len(self.moves)} tasks, {self.status}{purity}"
 
 
@@ -185,18 +200,37 @@ class ShiftLog:
         self.save(record)
 
     def record_correction(self, shift_id: str, task_id: int) -> ShiftRecord | None:
-        """Note that a person moved ``task_id`` away from where shift put it."""
-        try:
-            record = self.get(shift_id)
-        except UnknownShiftError:
-            return None
-        if task_id not in record.corrected:
-            record.corrected.append(int(task_id))
-            self.save(record)
-            logger.info(
-                "shift %s: a person corrected task %s; purity now %.0f%%",
-                shift_id,
-                task_id,
-                100 * (record.purity or 0.0),
-            )
+        """Note that a person moved ``task_id`` away from where the shift put it.
+
+        Read-modify-write under WATCH: webhooks for several corrected members arrive
+        in parallel threads, and each must count.
+        """
+        key = keys.shift(shift_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        pipe.unwatch()
+                        return None
+                    record = ShiftRecord.from_json(raw)
+                    if int(task_id) in record.corrected or int(task_id) not in set(
+                        record.task_ids
+                    ):
+                        pipe.unwatch()
+                        return record
+                    record.corrected.append(int(task_id))
+                    pipe.multi()
+                    pipe.set(key, record.to_json())
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        logger.info(
+            "shift %s: a person corrected task %s; purity now %s",
+            shift_id,
+            task_id,
+            record.purity_text,
+        )
         return record

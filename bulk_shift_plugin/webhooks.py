@@ -128,10 +128,20 @@ class WebhookReceiver:
         by_task = {int(a["task"]): a for a in annotations if a.get("task") is not None}
         ours = self._in_flight(project, list(by_task))
         control = self.service.gateway.choices_control(project)
+        known = self.service.tasks.get_many(project, list(by_task))
         states = {}
         for task, annotation in by_task.items():
             label = choice_of(annotation.get("result"), control.from_name)
             if task in ours or label is None:
+                continue
+            state = known.get(task)
+            if (
+                state is not None
+                and annotation.get("id") is not None
+                and state.annotation_id == annotation.get("id")
+            ):
+                # Our own write, delivered after the shift finished: the state the
+                # shift wrote (with its shift id, for purity and undo) stays.
                 continue
             # Bulk-created annotations come from predictions, not a person's look at
             # each task: a machine label.
@@ -167,6 +177,14 @@ class WebhookReceiver:
                 continue
             # Without an annotation a task's current label is its folder's name.
             name = folder_of.get(task)
+            state = states[task]
+            if (
+                state.shift_id is not None
+                and state.origin in ("shift", "cluster")
+                and name != state.label
+            ):
+                # A person deleted the label a shift gave: the shift was wrong there.
+                self.service.log.record_correction(state.shift_id, task)
             if name is not None:
                 fallback[task] = TaskState(label=name, origin="cluster", at=now_iso())
             else:

@@ -290,6 +290,15 @@ class BackendStore:
             if json.loads(value).get("origin") == "person"
         }
 
+    def service_tracks_tasks(self, project: int) -> bool:
+        """Whether the bulk-shift service keeps the state of any task of the project
+        (False when no service runs beside the backend)."""
+        return bool(self.redis.hlen(tasks_key(project)))
+
+    def shift_in_flight(self, project: int) -> int:
+        """How many tasks a shift of the service is writing right now."""
+        return int(self.redis.scard(in_flight_key(project)))
+
     def service_labels(self, project: int) -> dict[int, str]:
         """Current label of each task the bulk-shift service tracks."""
         raw = self.redis.hgetall(tasks_key(project))

@@ -84,7 +84,9 @@ def create_app(
         client.set(BACKEND_URL_KEY, request.host_url.rstrip("/"))
 
         version = backend_store.model_version(project)
-        if version is None:
+        # Label Studio calls /setup again and again (each time it lists or checks
+        # the model); only the first one of a new project asks for work.
+        if version is None and not jobs.refresh_busy(client, project):
             jobs.request_refresh(client, settings, project, "setup")
         return jsonify({"model_version": version or "bulkshift-initial"})
 

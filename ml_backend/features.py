@@ -33,6 +33,9 @@ def images_key(project: int) -> str:
     return project_key(project, "backend:images")
 
 
+# Progress is reported (and vectors cached) after this many batches.
+COMPUTE_BATCHES_PER_REPORT = 4
+
 _extractors: dict[str, FeatureExtractor] = {}
 
 
@@ -132,7 +135,10 @@ def task_features(
             report("reading images", done, len(to_fetch))
         url = image_urls[task]
         if error is not None:  # the others still proceed
-            errors[task] = str(error)
+            message = str(error)
+            if url and url[:200] not in message:
+                message = f"{url[:200]}: {message}"
+            errors[task] = message
             logger.warning("project %d task %d: %s", project, task, error)
             continue
         digest = hashlib.sha256(content).hexdigest()
@@ -150,31 +156,36 @@ def task_features(
                     vectors[task] = vector
                 del pending[digest]
 
-    # Step 3: compute the missing vectors in batches.
+    # Step 3: compute the missing vectors in batches, a few batches per call so that
+    # progress is reported (and the vectors cached) as the work goes.
     computed = 0
-    if pending:
-        order = list(pending)
+    order = list(pending)
+    chunk = max(1, batch_size) * COMPUTE_BATCHES_PER_REPORT
+    if order:
+        report("computing features", 0, len(order))
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
         result = extractor.extract_per_image(
-            [pending[digest] for digest in order],
+            [pending[digest] for digest in part],
             batch_size=batch_size,
             progress=False,
             names=[
-                f"task {waiting[digest][0]} ({url_of[digest][:200]})"
-                for digest in order
+                f"task {waiting[digest][0]} ({url_of[digest][:200]})" for digest in part
             ],
         )
         fresh = {
-            order[i]: result.features[row] for row, i in enumerate(result.ok_indices)
+            part[i]: result.features[row] for row, i in enumerate(result.ok_indices)
         }
         store.put_features(extractor_id, fresh)
-        computed = len(fresh)
+        computed += len(fresh)
         for digest, vector in fresh.items():
             for task in waiting[digest]:
                 vectors[task] = vector
         # The extractor has logged each unreadable image with its task and URL.
-        for item_index, message in _error_positions(result, order):
-            for task in waiting[order[item_index]]:
+        for item_index, message in _error_positions(result, part):
+            for task in waiting[part[item_index]]:
                 errors[task] = message
+        report("computing features", min(start + chunk, len(order)), len(order))
 
     if new_records:
         store.redis.hset(images_key(project), mapping=new_records)

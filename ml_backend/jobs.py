@@ -14,6 +14,7 @@ second collide), queues at most one job and drops the rest, and ignores
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -45,6 +46,10 @@ BACKEND_URL_KEY = "bulkshift:backend:url"
 PENDING_TTL_SECONDS = 600
 LOCK_TIMEOUT_SECONDS = 3600
 WEBHOOK_WAIT_ATTEMPTS = 10
+# A refresh waits at most this long for a shift of the bulk-shift service to finish
+# writing (the service's own in-flight marks expire after 900 s).
+SHIFT_WAIT_SECONDS = 900.0
+SHIFT_POLL_SECONDS = 0.5
 
 
 def pending_key(project: int) -> str:
@@ -59,6 +64,16 @@ def last_event_key(project: int) -> str:
 def progress_key(project: int) -> str:
     """``{"stage", "done", "total"}`` of the running refresh (for progress bars)."""
     return project_key(project, "backend:progress")
+
+
+def refresh_lock_key(project: int) -> str:
+    """Held while a refresh of the project runs."""
+    return project_key(project, "backend:refresh-lock")
+
+
+def fingerprint_key(project: int) -> str:
+    """``{"fingerprint", "model_version"}`` of the inputs of the last pushed refresh."""
+    return project_key(project, "backend:fingerprint")
 
 
 def version_counter_key(project: int) -> str:
@@ -124,6 +139,11 @@ def request_refresh(
     return True
 
 
+def refresh_busy(client: redis.Redis, project: int) -> bool:
+    """Whether a refresh of ``project`` waits in the queue or runs now."""
+    return bool(client.exists(pending_key(project), refresh_lock_key(project)))
+
+
 def _wait_for_quiet(client: redis.Redis, project: int, quiet_seconds: float) -> None:
     """Sleep until no event came for ``quiet_seconds`` (at most 10 times as long)."""
     deadline = time.monotonic() + 10 * quiet_seconds
@@ -143,14 +163,12 @@ def refresh_project(project: int) -> dict:
     job = get_current_job()
     client = job.connection if job is not None else connect()
 
-    _wait_for_quiet(client, project, settings.coalesce_seconds)
-    # From here on, a new event queues a new refresh: this one may already have read
-    # the project before that event's change.
-    client.delete(pending_key(project))
+    wait_for_shifts(client, project, settings.coalesce_seconds)
 
-    with client.lock(
-        project_key(project, "backend:refresh-lock"), timeout=LOCK_TIMEOUT_SECONDS
-    ):
+    with client.lock(refresh_lock_key(project), timeout=LOCK_TIMEOUT_SECONDS):
+        # From here on, a new event queues a new refresh: this one may already have
+        # read the project before that event's change.
+        client.delete(pending_key(project))
         gateway = gateway_for(settings, client)
         if gateway is None:
             logger.error(
@@ -165,6 +183,56 @@ def refresh_project(project: int) -> dict:
             return Refresher(settings, BackendStore(client), gateway).run(project)
         finally:
             gateway.close()
+
+
+def wait_for_shifts(
+    client: redis.Redis,
+    project: int,
+    quiet_seconds: float,
+    max_seconds: float = SHIFT_WAIT_SECONDS,
+) -> float:
+    """Wait until events pause and no shift of the bulk-shift service is writing.
+
+    While a shift (the naming of the folders, a bulk shift) writes its annotations,
+    Label Studio's webhooks about them arrive; a model trained then would learn from
+    a half-written state and count the machine's labels as a person's. The refresh
+    stays queued meanwhile (the pending mark is kept, so new events still join it),
+    for at most ``max_seconds``.
+
+    Returns
+    -------
+    float
+        Seconds spent waiting for shifts.
+    """
+    backend_store = BackendStore(client)
+    deadline = time.monotonic() + max_seconds
+    waited = 0.0
+    announced = False
+    while True:
+        _wait_for_quiet(client, project, quiet_seconds)
+        if not backend_store.shift_in_flight(project):
+            return waited
+        if time.monotonic() > deadline:
+            logger.warning(
+                "project %d: a shift has been writing for more than %.0f s; "
+                "refreshing anyway",
+                project,
+                max_seconds,
+            )
+            return waited
+        if not announced:
+            logger.info(
+                "project %d: the bulk-shift service is writing %d tasks; the refresh "
+                "waits until it is done",
+                project,
+                backend_store.shift_in_flight(project),
+            )
+            announced = True
+        client.set(pending_key(project), "waiting for a shift", ex=PENDING_TTL_SECONDS)
+        started = time.monotonic()
+        while backend_store.shift_in_flight(project) and time.monotonic() < deadline:
+            time.sleep(SHIFT_POLL_SECONDS)
+        waited += time.monotonic() - started
 
 
 def _authorize_webhooks(settings, client, gateway, project: int) -> None:
@@ -292,24 +360,42 @@ class Refresher:
                 "empty", n_tasks=len(tasks), n_errors=len(features.errors)
             ).as_dict()
 
-        # Step 3: folders before any label, the classifier after.
+        # Step 3: folders before any label, the classifier after. Nothing is
+        # recomputed when the inputs are those of the version Label Studio shows
+        # (Label Studio calls /setup many times while the first refresh runs).
         n_featured = len(features.task_ids)
-        self._progress(project, "training", n_featured, n_featured)
         service = self.store.service_labels(project)
         if annotated or service:
-            outcome, predictions, names = self._rank(
+            self._progress(project, "training", n_featured, n_featured)
+            inputs = self._label_inputs(
                 project, interface, features, annotated, service
             )
+            fingerprint = self._fingerprint("classifier", interface, features, inputs)
+            if self._unchanged(project, fingerprint, details):
+                return self._skip(project, tasks, features, started)
+            outcome, predictions, used = self._rank(
+                project, interface, features, inputs
+            )
         else:
-            outcome, predictions, names = self._sort_into_folders(
+            self._progress(project, "sorting into folders", n_featured, n_featured)
+            fingerprint = self._fingerprint("clusters", interface, features, None)
+            if self._unchanged(project, fingerprint, details):
+                return self._skip(project, tasks, features, started)
+            outcome, predictions, used = self._sort_into_folders(
                 project, interface, features
             )
 
-        # Step 4: make the labels and the recommendations box part of the config, then
-        # push the predictions and make their version the project's.
+        # Step 4: make the labels in use and the recommendations box part of the
+        # config, then push the predictions and make their version the project's.
         self._progress(project, "pushing predictions", n_featured, n_featured)
-        self._ensure_config(project, details.get("label_config") or "", names)
+        self._ensure_config(project, used)
         self._push(project, outcome.model_version, predictions)
+        self.store.redis.set(
+            fingerprint_key(project),
+            json.dumps(
+                {"fingerprint": fingerprint, "model_version": outcome.model_version}
+            ),
+        )
         self.store.redis.delete(progress_key(project))
 
         outcome.n_tasks = len(tasks)
@@ -329,6 +415,62 @@ class Refresher:
             outcome.seconds,
         )
         return outcome.as_dict()
+
+    # -- nothing changed ------------------------------------------------------------
+
+    def _fingerprint(self, mode, interface, features, inputs) -> str:
+        """A hash of everything a refresh's predictions depend on."""
+        digest = hashlib.sha256()
+        settings = self.settings
+        described = {
+            "mode": mode,
+            "extractor": features.extractor_id,
+            "tasks": features.task_ids,
+            "interface": [interface.image_name, interface.choices_name],
+            "n_clusters": settings.n_clusters,
+            "seed": settings.seed,
+        }
+        if inputs is not None:
+            described.update(
+                names=inputs.names,
+                labels=inputs.labels.tolist(),
+                confirmed=inputs.confirmed.tolist(),
+                classifier=settings.classifier,
+                uncertainty=settings.uncertainty,
+                # Only the classifier's predictions carry the recommendations box.
+                box=interface.has_recommendations,
+            )
+        digest.update(json.dumps(described, sort_keys=True).encode())
+        digest.update(np.ascontiguousarray(features.features).tobytes())
+        return digest.hexdigest()
+
+    def _unchanged(self, project: int, fingerprint: str, details: dict) -> bool:
+        raw = self.store.redis.get(fingerprint_key(project))
+        if not raw:
+            return False
+        last = json.loads(raw)
+        version = self.store.model_version(project)
+        return (
+            last.get("fingerprint") == fingerprint
+            and last.get("model_version") == version
+            and details.get("model_version") == version
+        )
+
+    def _skip(self, project, tasks, features, started) -> dict:
+        self.store.redis.delete(progress_key(project))
+        version = self.store.model_version(project)
+        logger.info(
+            "project %d: same tasks, features and labels as %s; nothing recomputed",
+            project,
+            version,
+        )
+        return RefreshOutcome(
+            "unchanged",
+            version,
+            n_tasks=len(tasks),
+            n_errors=len(features.errors),
+            seconds=round(time.monotonic() - started, 3),
+        ).as_dict()
 
     def _image_reader(self) -> ImageReader:
         root = self.settings.local_files_root
@@ -380,33 +522,37 @@ class Refresher:
         )
         return outcome, predictions, names
 
-    def _rank(self, project, interface, features, annotated, service):
+    def _label_inputs(self, project, interface, features, annotated, service):
+        """Every task's current label index and whether a person set it."""
         stored = self.store.clusters(project)
         folders = training.folder_of(stored["clusters"] if stored else None)
         current = training.current_labels(
             features.task_ids, annotated, service, folders
         )
-        names = training.label_names(
-            self.store.label_names(project), interface.labels, current.values()
-        )
-        if names != self.store.label_names(project):
+        # The labeling config's choices are the label set (the service writes the
+        # named labels there); names still in use count too, a stored name that is
+        # neither is dropped (the folders' "Cluster NN" after naming).
+        stored_names = self.store.label_names(project)
+        names = training.label_names(stored_names, interface.labels, current.values())
+        if names != stored_names:
             self.store.set_label_names(project, names)
         index = {name: i for i, name in enumerate(names)}
         labels = np.array(
-            [index.get(current.get(task), -1) for task in features.task_ids]
+            [index.get(current.get(task), -1) for task in features.task_ids],
+            dtype=int,
+        )
+        confirmed = training.person_confirmed(
+            features.task_ids,
+            annotated,
+            self.store.person_confirmed(project),
+            self.store.service_tracks_tasks(project),
+        )
+        return training.LabelInputs(
+            names, labels, confirmed, sorted(set(current.values()))
         )
 
-        # A label is a person's when the bulk-shift service saw a person set it, or
-        # when it is an annotation the service does not track (no service running).
-        people = self.store.person_confirmed(project)
-        tracked = set(service)
-        confirmed = np.array(
-            [
-                task in people or (task in annotated and task not in tracked)
-                for task in features.task_ids
-            ]
-        )
-
+    def _rank(self, project, interface, features, inputs):
+        names, labels, confirmed = inputs.names, inputs.labels, inputs.confirmed
         version = self._next_version(project, self.settings.classifier)
         # One BLAS thread: on a machine shared with Label Studio, several threads
         # fight for the cores and a 3,000-task fit takes 5 s instead of 1.
@@ -445,13 +591,24 @@ class Refresher:
         outcome = RefreshOutcome(
             "ok", version, "classifier", n_predictions=len(predictions)
         )
-        return outcome, predictions, names
+        return outcome, predictions, inputs.used
 
-    def _ensure_config(self, project: int, label_config: str, names: list[str]) -> None:
-        updated = protocol.with_labels_and_recommendations(label_config, names)
-        if protocol.parse_labeling_config(updated) == protocol.parse_labeling_config(
-            label_config
-        ):
+    def _ensure_config(self, project: int, used: list[str]) -> None:
+        """Add the labels in use that the config lacks, and the recommendations box.
+
+        The config is read again here, not taken from the start of the refresh: the
+        service may have rewritten the choices meanwhile (naming), and writing back
+        the old config would bring the removed folder names back.
+        """
+        try:
+            label_config = self.gateway.project(project).get("label_config") or ""
+            updated = protocol.with_labels_and_recommendations(label_config, used)
+        except (LabelStudioError, protocol.ProtocolError) as error:
+            logger.warning(
+                "project %d: could not read the labeling config: %s", project, error
+            )
+            return
+        if protocol.same_config(updated, label_config):
             return
         try:
             self.gateway.update_project(project, label_config=updated)

@@ -30,6 +30,18 @@ REFRESH_EVENTS = TRAINING_EVENTS | {"TASKS_CREATED", "TASKS_DELETED"}
 
 RECOMMENDATIONS_CONTROL = "bulkshift_recommended"
 
+# The recommendations box of Label Studio 1.23.2's <TextArea>: it shows the
+# prediction's text, and its input field only while the control has fewer than
+# maxSubmissions texts, so with one text (the recommendations) no empty, editable
+# field appears; editable="false" keeps the text itself from being edited.
+RECOMMENDATIONS_CLASS = "bulkshift-recommended"
+RECOMMENDATIONS_BOX = {
+    "editable": "false",
+    "maxSubmissions": "1",
+    "showSubmitButton": "false",
+    "rows": "4",
+}
+
 # The names of the k-means folders, numbered from 1 and zero-padded so that they sort
 # as numbers. Label Studio refuses a <Choices> without a <Choice>, so a new project's
 # labeling config offers FIRST_FOLDER_NAME, which the first refresh then uses (up to
@@ -137,23 +149,82 @@ def with_labels_and_recommendations(label_config: str, labels: list[str]) -> str
             ElementTree.SubElement(choices, "Choice", {"value": label})
             present.add(label)
 
-    if not interface.has_recommendations:
-        # A read-only text box is what Label Studio 1.23 shows of a prediction besides
-        # the choice itself; the prediction's meta and score are not shown in a task.
-        header = ElementTree.SubElement(root, "Header", {"value": "Recommended labels"})
-        header.tail = "\n"
-        ElementTree.SubElement(
-            root,
-            "TextArea",
-            {
-                "name": RECOMMENDATIONS_CONTROL,
-                "toName": interface.image_name,
-                "editable": "false",
-                "readonly": "true",
-                "rows": "4",
-            },
-        )
+    blocks = [
+        tag
+        for tag in root.iter("View")
+        if tag.get("className") == RECOMMENDATIONS_CLASS
+    ]
+    if not blocks:
+        # Boxes of earlier versions (a bare TextArea after a Header) showed an
+        # empty input field: replace them.
+        _remove_old_boxes(root)
+        blocks = [_recommendations_block(root, interface.image_name)]
+    for box in blocks[0].iter("TextArea"):
+        box.attrib.update(RECOMMENDATIONS_BOX)
     return ElementTree.tostring(root, encoding="unicode")
+
+
+def _recommendations_block(root, image_name: str):
+    """Append the recommendations: a header and a text box without an input field.
+
+    A text box is what Label Studio 1.23 shows of a prediction besides the choice
+    itself (a prediction's meta and score are not shown in a task). With
+    maxSubmissions="1" its input field is gone once the text is there, but it still
+    appears over an annotation without the text (one the bulk-shift service wrote):
+    the <Style> hides it, in this block only.
+    """
+    block = ElementTree.SubElement(root, "View", {"className": RECOMMENDATIONS_CLASS})
+    block.text = block.tail = "\n"
+    style = ElementTree.SubElement(block, "Style")
+    # The box's input field (Label Studio 1.23.2 marks its form with these test ids).
+    style.text = (
+        f".{RECOMMENDATIONS_CLASS} [data-testid=textarea-form], "
+        f".{RECOMMENDATIONS_CLASS} [data-testid=textarea-region-form] "
+        "{ display: none; }"
+    )
+    ElementTree.SubElement(block, "Header", {"value": "Recommended labels"})
+    ElementTree.SubElement(
+        block,
+        "TextArea",
+        {"name": RECOMMENDATIONS_CONTROL, "toName": image_name, **RECOMMENDATIONS_BOX},
+    )
+    for child in block:
+        child.tail = "\n"
+    return block
+
+
+def _remove_old_boxes(root) -> None:
+    parents = {child: parent for parent in root.iter() for child in parent}
+    for box in [
+        t for t in root.iter("TextArea") if t.get("name") == RECOMMENDATIONS_CONTROL
+    ]:
+        parent = parents[box]
+        siblings = list(parent)
+        position = siblings.index(box)
+        before = siblings[position - 1] if position else None
+        if (
+            before is not None
+            and before.tag == "Header"
+            and (before.get("value") == "Recommended labels")
+        ):
+            parent.remove(before)
+        parent.remove(box)
+
+
+def same_config(first: str, second: str) -> bool:
+    """Whether two labeling configs have the same tags and attributes (whitespace
+    and attribute order aside)."""
+
+    def canonical(config: str):
+        def walk(tag):
+            return (tag.tag, sorted(tag.attrib.items()), [walk(c) for c in tag])
+
+        return walk(ElementTree.fromstring(config))
+
+    try:
+        return canonical(first) == canonical(second)
+    except ElementTree.ParseError:
+        return first == second
 
 
 def project_id(project: object) -> int:
@@ -265,6 +336,7 @@ def prediction(
                 "to_name": interface.image_name,
                 "type": "textarea",
                 "value": {"text": [recommendations_text(*recommendations)]},
+                "readonly": True,
             }
         )
     return {

@@ -105,13 +105,60 @@ def current_labels(
 def label_names(
     known: list[str], configured: list[str], used: Iterable[str]
 ) -> list[str]:
-    """The label set: stored names first (their indices must not move), then the
-    labeling config's options, then any other name in use, first seen first."""
-    names = list(dict.fromkeys(known))
-    for name in list(configured) + list(used):
+    """The label set: the labeling config's options and any other name in use.
+
+    Stored names keep their order (the service maps names to indices with it), then
+    come the config's new options, then other names in use, first seen first. A
+    stored name that is neither in the config nor in use is dropped: after naming,
+    the folders' "Cluster NN" names are no label any more.
+    """
+    used = list(used)
+    wanted = set(configured) | set(used)
+    names = [name for name in dict.fromkeys(known) if name in wanted]
+    for name in list(configured) + used:
         if name not in names:
             names.append(name)
     return names
+
+
+def person_confirmed(
+    task_ids: Iterable[int],
+    annotated: dict[int, str],
+    people: set[int],
+    service_tracks_tasks: bool,
+) -> np.ndarray:
+    """True for each task whose current label a person set.
+
+    When the bulk-shift service tracks the project, only its word counts: a task it
+    saw a person label (origin "person"). Its own writes (naming, shifts) are
+    annotations too, but the machine's. Without a service (it tracks no task of the
+    project), every annotation is taken as a person's.
+    """
+    if service_tracks_tasks:
+        return np.array([task in people for task in task_ids], dtype=bool)
+    return np.array([task in annotated for task in task_ids], dtype=bool)
+
+
+@dataclass(frozen=True)
+class LabelInputs:
+    """What the classifier learns from.
+
+    Attributes
+    ----------
+    names : list of str
+        The label set; an index into it is a label.
+    labels : ndarray of int
+        Current label index of each task (-1: none).
+    confirmed : ndarray of bool
+        Whether a person set it.
+    used : list of str
+        The names some task currently has.
+    """
+
+    names: list[str]
+    labels: np.ndarray
+    confirmed: np.ndarray
+    used: list[str]
 
 
 @dataclass(frozen=True)

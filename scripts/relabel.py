@@ -7,8 +7,8 @@ is only moved with --include-confirmed.
 
 Examples
 --------
-    export LABEL_STUDIO_URL=http://127.0.0.1:8080 LABEL_STUDIO_API_KEY=... \\
-           REDIS_URL=redis://127.0.0.1:6379/0
+    # After scripts/up.sh, the defaults find its Label Studio, token and Redis.
+    python scripts/relabel.py --api-key-file var/credentials.json shifts --project 1
     python scripts/relabel.py move --project 1 --from sock --to shoe --dry-run
     python scripts/relabel.py move --project 1 --from sock --to shoe --rank 2
     python scripts/relabel.py rename --project 1 --from "Cluster 03" --to chair
@@ -29,7 +29,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bulk_shift_plugin import keys
-from bulk_shift_plugin.config import DEFAULT_LABEL_STUDIO_URL, connect_redis
+from bulk_shift_plugin.config import (
+    ConfigError,
+    connect_redis,
+    default_credentials_file,
+    default_label_studio_url,
+    read_api_key,
+)
 from bulk_shift_plugin.errors import BulkShiftServiceError
 from bulk_shift_plugin.labelstudio import LabelStudioGateway
 from bulk_shift_plugin.shifts import ShiftApplier
@@ -48,22 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="relabel.py",
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         epilog="Connection settings fall back to LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY "
-        "and REDIS_URL.",
+        "and REDIS_URL, then to the stack scripts/up.sh starts (its Label Studio, "
+        "BULKSHIFT_DATA_DIR/credentials.json and its embedded Redis).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--label-studio-url",
-        default=os.environ.get("LABEL_STUDIO_URL", DEFAULT_LABEL_STUDIO_URL),
+        default=default_label_studio_url(),
+        help="Label Studio's URL (default: LABEL_STUDIO_URL, else "
+        "http://127.0.0.1:BULKSHIFT_LS_PORT, port 8080 unless set; now "
+        "%(default)s)",
     )
     parser.add_argument(
         "--api-key-file",
         type=Path,
-        help="file holding the API key (else LABEL_STUDIO_API_KEY)",
+        help="file holding the API key, or the credentials.json scripts/up.sh writes "
+        '(JSON with a "token"); default: LABEL_STUDIO_API_KEY, else '
+        "BULKSHIFT_DATA_DIR/credentials.json when it exists",
     )
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL"),
-        help="Redis of the bulk-shift service (REDIS_URL)",
+        help="Redis of the bulk-shift service (default: REDIS_URL, else the "
+        "embedded Redis of scripts/up.sh under BULKSHIFT_DATA_DIR)",
     )
     parser.add_argument(
         "--chunk-size",
@@ -87,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-confirmed",
         action="store_true",
         help="also move tasks a person confirmed as A",
+    )
+    move.add_argument(
+        "--create-label",
+        action="store_true",
+        help="add B to the project's labels when it is not one yet (otherwise a "
+        "label that does not exist is refused, to catch typos)",
     )
     move.add_argument(
         "--dry-run", action="store_true", help="show what would move; change nothing"
@@ -208,16 +227,34 @@ def print_record(record: ShiftRecord) -> None:
     print(record.summary())
 
 
-def run(arguments) -> int:
-    api_key = (
-        arguments.api_key_file.read_text().strip()
-        if arguments.api_key_file
-        else os.environ.get("LABEL_STUDIO_API_KEY", "")
+def api_key_of(arguments) -> str:
+    """The API key: --api-key-file, else LABEL_STUDIO_API_KEY, else the stack's
+    credentials file."""
+    if arguments.api_key_file:
+        return read_api_key(arguments.api_key_file)
+    if os.environ.get("LABEL_STUDIO_API_KEY"):
+        return os.environ["LABEL_STUDIO_API_KEY"].strip()
+    credentials = default_credentials_file()
+    if credentials.exists():
+        return read_api_key(credentials)
+    raise RelabelError(
+        "no API key: pass --api-key-file (a file holding the key, or the "
+        "credentials.json scripts/up.sh writes) or set LABEL_STUDIO_API_KEY"
     )
-    if not api_key:
+
+
+def check_labels(project: int, wanted: list[str], names: list[str], hint: str) -> None:
+    """Refuse label names the project does not have, listing the ones it has."""
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
         raise RelabelError(
-            "no API key: set LABEL_STUDIO_API_KEY or pass --api-key-file"
+            f"label {', '.join(map(repr, unknown))} is not in project {project}; its "
+            f"labels are: {', '.join(names) or '(none)'}. {hint}"
         )
+
+
+def run(arguments) -> int:
+    api_key = api_key_of(arguments)
     gateway = LabelStudioGateway(arguments.label_studio_url, api_key)
     redis_client = connect_redis(arguments.redis_url)
     relabeler = Relabeler(gateway, redis_client, arguments.chunk_size)
@@ -269,6 +306,14 @@ def run(arguments) -> int:
     project = arguments.project
     names = relabeler.label_names(project)
     if command == "move":
+        check_labels(project, [arguments.source], names, "Check the spelling.")
+        if not arguments.create_label:
+            check_labels(
+                project,
+                [arguments.destination],
+                names,
+                "Check the spelling, or pass --create-label to add it.",
+            )
         sources, keep_origin, kind = [arguments.source], False, "relabel"
         tasks = relabeler.select(
             project,
@@ -336,7 +381,7 @@ def main(argv=None) -> int:
     )
     try:
         return run(arguments)
-    except (RelabelError, BulkShiftServiceError) as error:
+    except (RelabelError, ConfigError, BulkShiftServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

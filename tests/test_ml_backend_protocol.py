@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -369,7 +370,8 @@ def test_images_are_downloaded_several_at_once_with_errors_per_task(redis_server
         12, urls, store, extractor, ImageReader(download, threads=4), 8
     )
 
-    assert result.errors == {5: "HTTP 404"}
+    # The reason names the image, so that a person can find it.
+    assert result.errors == {5: "/img-5.png: HTTP 404"}
     assert result.task_ids == [0, 1, 2, 3, 4, 6, 7]
 
 
@@ -481,3 +483,282 @@ def test_errors_send_no_traceback_or_token(app_client, monkeypatch):
         content_type="application/json",
     )
     assert bad.status_code == 400 and "Traceback" not in bad.get_data(as_text=True)
+
+
+# -- the recommendations box ---------------------------------------------------------
+
+
+def test_recommendations_box_has_no_empty_input_field():
+    config = protocol.with_labels_and_recommendations(payload("setup")["schema"], [])
+    root = ElementTree.fromstring(config)
+    (box,) = [
+        t for t in root.iter("TextArea") if t.get("name") == "bulkshift_recommended"
+    ]
+    # Label Studio 1.23.2 shows the input field while the box has fewer texts than
+    # maxSubmissions: with one text, the recommendations, it shows none.
+    assert box.get("maxSubmissions") == "1"
+    assert box.get("editable") == "false"
+    assert box.get("showSubmitButton") == "false"
+
+    # The input field would still show over an annotation without the text (the
+    # service's): hidden by a style for this block only.
+    (block,) = [t for t in root.iter("View") if t.get("className")]
+    (style,) = block.iter("Style")
+    assert f".{block.get('className')} [data-testid=textarea-form]" in style.text
+    assert "display: none" in style.text
+
+    # A box made by an earlier version (an empty input field above the list) is
+    # replaced.
+    old = payload("setup")["schema"].replace(
+        "</View>",
+        '<Header value="Recommended labels"/><TextArea name="bulkshift_recommended" '
+        'toName="image" editable="false" readonly="true" rows="4"/></View>',
+    )
+    assert not protocol.same_config(old, config)
+    fixed = protocol.with_labels_and_recommendations(old, [])
+    assert protocol.same_config(fixed, config)
+    assert fixed.count("Recommended labels") == 1
+    assert protocol.same_config(config, config.replace("><", ">\n  <"))
+
+    made = protocol.prediction(_interface(), "a", 0.5, "v1", (["a"], [1.0]))
+    assert made["result"][1]["readonly"] is True
+
+
+# -- who set a label -----------------------------------------------------------------
+
+
+def test_without_a_service_every_annotation_is_a_person_s():
+    confirmed = training.person_confirmed(
+        [1, 2, 3], annotated={1: "a", 2: "b"}, people=set(), service_tracks_tasks=False
+    )
+    assert confirmed.tolist() == [True, True, False]
+
+
+def test_with_a_service_only_its_person_origin_counts():
+    # Tasks 1 and 2 carry annotations the service wrote while naming the folders;
+    # only task 3 was labeled by a person.
+    confirmed = training.person_confirmed(
+        [1, 2, 3, 4],
+        annotated={1: "a", 2: "b", 3: "a"},
+        people={3},
+        service_tracks_tasks=True,
+    )
+    assert confirmed.tolist() == [False, False, True, False]
+
+
+def test_label_set_follows_the_config_and_keeps_names_in_use():
+    stored = ["Cluster 01", "Cluster 02", "Cluster 03", "socks"]
+    names = training.label_names(
+        stored, ["socks", "shoes"], ["socks", "Cluster 02", "shoes"]
+    )
+    # Cluster 01 and 03 are neither offered nor used any more: dropped.
+    assert names == ["Cluster 02", "socks", "shoes"]
+
+
+# -- refreshes over an in-memory Label Studio ----------------------------------------
+
+NAMED_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="label" toName="image" choice="single"><Choice value="reds"/>
+  <Choice value="blues"/></Choices>
+</View>"""
+
+
+class FakeLabelStudio:
+    """The gateway calls a refresh makes, over one in-memory project of 6 tasks."""
+
+    url = "http://label-studio.invalid"
+
+    def __init__(self, config: str):
+        self.config = config
+        self.model_version = None
+        self.annotations: dict[int, str] = {}
+        self.imports: list[list[dict]] = []
+        self.config_writes: list[str] = []
+        self.after_tasks = None  # called once the refresh has read the tasks
+        self.images = {
+            task: _png((200 + task, 0, 0) if task <= 3 else (0, 0, 200 + task))
+            for task in range(1, 7)
+        }
+
+    def project(self, project):
+        return {
+            "id": project,
+            "label_config": self.config,
+            "model_version": self.model_version,
+        }
+
+    def tasks(self, project):
+        tasks = [
+            {
+                "id": task,
+                "data": {"image": f"/images/{task}.png"},
+                "annotations": (
+                    [
+                        {
+                            "id": task,
+                            "result": [
+                                protocol.choice_region(
+                                    protocol.parse_labeling_config(self.config), label
+                                )
+                            ],
+                        }
+                    ]
+                    if (label := self.annotations.get(task))
+                    else []
+                ),
+            }
+            for task in self.images
+        ]
+        if self.after_tasks:
+            self.after_tasks()
+        return tasks
+
+    def fetch_image(self, url):
+        return self.images[int(url.rsplit("/", 1)[1].split(".")[0])]
+
+    def update_project(self, project, **fields):
+        if "label_config" in fields:
+            self.config = fields["label_config"]
+            self.config_writes.append(self.config)
+        if "model_version" in fields:
+            self.model_version = fields["model_version"]
+
+    def import_predictions(self, project, predictions):
+        self.imports.append(predictions)
+
+    def delete_model_version(self, project, model_version):
+        return 0
+
+
+@pytest.fixture
+def refresh(redis_server):
+    """``(run, gateway, store)``: run(project) refreshes it over a fake Label Studio."""
+    from bulkshift.stack.run import LABEL_CONFIG
+
+    client = scratch_redis(redis_server)
+    store = BackendStore(client)
+    gateway = FakeLabelStudio(LABEL_CONFIG)
+    settings = Settings(extractor="pixels", n_clusters=2, fetch_threads=1)
+
+    def run(project=1):
+        return jobs.Refresher(settings, store, gateway).run(project)
+
+    return run, gateway, store
+
+
+def _name_the_folders(gateway, store, person_task=None, tracked=None):
+    """What the bulk-shift service does when folders are named (reds, blues):
+    annotations for every task, its task state for ``tracked`` ones (default all;
+    fewer while it is still writing)."""
+    from bulkshift.store import tasks_key
+
+    gateway.config = NAMED_CONFIG
+    for task in gateway.images:
+        label = "reds" if task <= 3 else "blues"
+        gateway.annotations[task] = label
+        origin = "person" if task == person_task else "cluster"
+        if tracked is None or task in tracked:
+            store.redis.hset(
+                tasks_key(1), task, json.dumps({"label": label, "origin": origin})
+            )
+
+
+def test_a_second_refresh_with_nothing_changed_computes_nothing(refresh):
+    run, gateway, _ = refresh
+    first = run()
+    assert first["status"] == "ok" and first["model_version"].endswith("0001-clusters")
+    second = run()
+    assert second["status"] == "unchanged"
+    assert second["model_version"] == first["model_version"]
+    assert len(gateway.imports) == 1  # no second push, no second version
+
+    # A new task is a change: the folders are made again.
+    gateway.images[7] = _png((0, 250, 0))
+    assert run()["model_version"].endswith("0002-clusters")
+
+
+def test_after_naming_the_label_set_is_the_named_one(refresh, caplog):
+    run, gateway, store = refresh
+    run()
+    assert "Cluster 02" in protocol.parse_labeling_config(gateway.config).labels
+
+    # The service is still writing: it tracks two tasks so far, while Label Studio
+    # already has all six annotations. Only task 2 is a person's.
+    _name_the_folders(gateway, store, person_task=2, tracked={1, 2})
+    with caplog.at_level(logging.INFO, logger="ml_backend.jobs"):
+        outcome = run()
+    assert outcome["mode"] == "classifier"
+    assert store.label_names(1) == ["reds", "blues"]
+    assert "trained on 6 labeled tasks (1 by a person), 2 labels" in caplog.text
+    # The folder names are not put back into the config.
+    assert protocol.parse_labeling_config(gateway.config).labels == ["reds", "blues"]
+    recommended = store.recommendation(1, 1).labels
+    assert set(recommended) == {"reds", "blues"}
+
+
+def test_names_removed_from_the_config_during_a_refresh_stay_removed(refresh):
+    run, gateway, store = refresh
+    run()
+    _name_the_folders(gateway, store)
+    # The refresh reads a config with the folder names (and without the box, so
+    # that it has something to write); the service then renames them while the
+    # refresh computes.
+    gateway.config = NAMED_CONFIG.replace(
+        "</Choices>",
+        '<Choice value="Cluster 01"/><Choice value="Cluster 02"/></Choices>',
+    )
+    gateway.after_tasks = lambda: setattr(
+        gateway,
+        "config",
+        protocol.with_labels_and_recommendations(NAMED_CONFIG, []),
+    )
+    run()
+    assert protocol.parse_labeling_config(gateway.config).labels == ["reds", "blues"]
+
+
+def test_without_a_service_annotations_are_a_person_s(refresh, caplog):
+    run, gateway, _ = refresh
+    run()
+    gateway.config = NAMED_CONFIG
+    gateway.annotations = {1: "reds", 5: "blues"}
+    with caplog.at_level(logging.INFO, logger="ml_backend.jobs"):
+        run()
+    assert "(2 by a person)" in caplog.text
+
+
+# -- refreshes wait for shifts ---------------------------------------------------------
+
+
+def test_a_refresh_waits_while_a_shift_writes(redis_server):
+    from bulkshift.store import in_flight_key
+
+    client = scratch_redis(redis_server)
+    client.sadd(in_flight_key(4), 10, 11)
+    timer = threading.Timer(0.6, lambda: client.delete(in_flight_key(4)))
+    timer.start()
+    try:
+        waited = jobs.wait_for_shifts(client, 4, quiet_seconds=0.05)
+    finally:
+        timer.cancel()
+    assert waited >= 0.5
+    # Events meanwhile still join this refresh instead of queuing another.
+    assert client.exists(jobs.pending_key(4))
+
+    assert jobs.wait_for_shifts(client, 5, quiet_seconds=0.05) == 0.0
+
+
+def test_a_refresh_waits_for_a_shift_only_so_long(redis_server):
+    from bulkshift.store import in_flight_key
+
+    client = scratch_redis(redis_server)
+    client.sadd(in_flight_key(4), 10)
+    waited = jobs.wait_for_shifts(client, 4, quiet_seconds=0.05, max_seconds=0.3)
+    assert 0.2 <= waited < 2.0
+
+
+def test_setup_queues_nothing_while_a_refresh_runs(app_client):
+    http, client = app_client
+    client.set(jobs.refresh_lock_key(1), "held")
+    http.post("/setup", json=payload("setup"), headers=_auth_headers())
+    assert client.llen("rq:queue:bulkshift-protocol-test") == 0

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_USERNAME = "bulkshift@localhost.local"
 CREDENTIALS_FILE = "credentials.json"
+LABEL_STUDIO_SETTINGS = "bulkshift.stack.ls_settings"
 
 
 def find_label_studio() -> Path:
@@ -112,6 +113,11 @@ class LabelStudioServer(ChildService):
         return f"http://{LOCALHOST}:{self.port}"
 
     @property
+    def credentials_path(self) -> Path:
+        """The file with the username, password and API token (mode 600)."""
+        return self.data_dir / CREDENTIALS_FILE
+
+    @property
     def base_data_dir(self) -> Path:
         """Where Label Studio keeps its SQLite database and media."""
         return self.data_dir / "label-studio"
@@ -167,6 +173,11 @@ class LabelStudioServer(ChildService):
         )
         return environment
 
+    def _make_database_private(self) -> None:
+        """Mode 600 for the SQLite files Label Studio created (it uses the umask)."""
+        for path in self.base_data_dir.glob("label_studio.sqlite3*"):
+            os.chmod(path, 0o600)
+
     def is_healthy(self) -> bool:
         """Return True if ``GET /health`` answers 200."""
         try:
@@ -197,6 +208,9 @@ class LabelStudioServer(ChildService):
         ):
             directory.mkdir(parents=True, exist_ok=True)
         self._write_credentials()
+        # The database holds the API token and the password hash: private.
+        for private in (self.base_data_dir, self.data_dir / "home"):
+            os.chmod(private, 0o700)
         first_start = not (self.base_data_dir / "label_studio.sqlite3").exists()
 
         command = [
@@ -211,9 +225,13 @@ class LabelStudioServer(ChildService):
             str(self.base_data_dir),
             "--enable-legacy-api-token",
         ]
-        self._process = spawn(
-            command, self.log_path, self.environment(), cwd=self.data_dir
-        )
+        environment = self.environment()
+        # Label Studio's settings without the doubled log lines and with a longer
+        # SQLite lock timeout (bulkshift.stack.ls_settings). Set only here, where
+        # Label Studio runs in this project's Python environment: the Label Studio
+        # image of docker-compose.yml cannot import it.
+        environment["DJANGO_SETTINGS_MODULE"] = LABEL_STUDIO_SETTINGS
+        self._process = spawn(command, self.log_path, environment, cwd=self.data_dir)
         logger.info(
             "starting Label Studio on %s (pid %d, %s database, log %s)",
             self.url,
@@ -234,5 +252,6 @@ class LabelStudioServer(ChildService):
             self.stop()
             raise
         self.startup_seconds = seconds
+        self._make_database_private()
         logger.info("Label Studio ready on %s in %.1f s", self.url, seconds)
         return self

@@ -54,6 +54,10 @@ PORT_ENV = {
 # Stopped in this order; started in the reverse one.
 SERVICES = ("plugin", "worker", "backend", "label_studio", "redis")
 IMAGE_REGEX = r"(?i).*\.(png|jpe?g|gif|bmp|webp|tiff?)$"
+SYNC_ATTEMPTS = 4
+SYNC_BACKOFF_SECONDS = 2.0
+PORT_RELEASE_SECONDS = 20.0
+UNREADABLE_SHOWN = 5
 BACKEND_TITLE = "Bulk Shift"
 
 # Label Studio refuses a <Choices> without a <Choice>: offer the backend's first
@@ -388,10 +392,11 @@ class Stack:
         self._link_log("label-studio.log", server.log_path)
         self._connect_label_studio(server)
         if first:
-            # Shown this once, when the account is made; the API token never is.
+            # Neither the password nor the API token is ever printed: a terminal's
+            # output ends up in logs and screenshots.
             self.console.say(
-                f"    account {server.username} created; password {server.password} "
-                "(shown once; kept in credentials.json)"
+                f"    account {server.username} created; its password is in "
+                f"{server.credentials_path}"
             )
         return "started"
 
@@ -478,9 +483,15 @@ class Stack:
             # Started by an older run with other settings: restart to apply them.
             for name, entry in (("backend", running), ("worker", worker)):
                 if entry:
-                    stop_recorded(entry, name)
+                    self._stop_ours(name, entry, f"the ML {name}")
             running = worker = None
-        if running and _answers(f"{running['url']}/health"):
+        if running and not _answers_within(f"{running['url']}/health", 10.0):
+            self.console.say(
+                f"    the backend (pid {running['pid']}) does not answer; restarting it"
+            )
+            self._stop_ours("backend", running, "the ML backend")
+            running = None
+        if running:
             self.console.say(
                 f"    backend already running: {running['url']} (pid {running['pid']})"
             )
@@ -489,7 +500,7 @@ class Stack:
             port = _port(
                 self.options.ports.get("backend"), "backend", self.state.services
             )
-            _refuse_taken(port, "the ML backend", "--port-backend")
+            self._refuse_taken(port, "the ML backend", "--port-backend")
             server = BackendServer(
                 self.log_dir / "ml-backend.log", self._service_environment(), port=port
             )
@@ -605,25 +616,55 @@ class Stack:
                 recursive_scan=True,
                 title=folder.name[:2048],
             )
-        self.client.import_storage.local.sync(id=storage.id)
+
+        # SQLite lets one writer in at a time: while the backend's worker writes
+        # predictions, the sync may fail with "database is locked". Try again a few
+        # times; any other failure is reported at once.
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            status, detail = self._sync_once(project, storage.id)
+            if status != "failed" or not _database_busy(detail):
+                break
+            if attempt < SYNC_ATTEMPTS:
+                wait = SYNC_BACKOFF_SECONDS * 2 ** (attempt - 1)
+                self.console.say(
+                    f"    Label Studio's database is busy; trying again in {wait:.0f} s"
+                )
+                time.sleep(wait)
+        if status == "failed":
+            if _database_busy(detail):
+                raise RunError(
+                    f"Label Studio's database was busy (SQLite: database is locked) "
+                    f"{SYNC_ATTEMPTS} times while syncing {folder}; rerun "
+                    f"{_rerun_command()} (the busy writer, usually the backend's "
+                    "worker, is done by then)"
+                )
+            raise RunError(
+                f"Label Studio could not sync {folder}: {_last_line(detail)}; the "
+                f"full error is in {self.log_dir / 'label-studio.log'}"
+            )
+        after = self._task_count(project)
+        return after - before, after
+
+    def _sync_once(self, project: int, storage_id: int) -> tuple[str, str]:
+        """Sync the storage and wait for the outcome: (status, error text)."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        try:
+            self.client.import_storage.local.sync(id=storage_id)
+        except ApiError as error:
+            return "failed", f"HTTP {error.status_code}: {error.body}"
         deadline = time.monotonic() + self.options.timeout
         while True:
-            status = self.client.import_storage.local.get(id=storage.id).status
-            if status in ("completed", "failed", None):
-                break
+            storage = self.client.import_storage.local.get(id=storage_id)
+            status = storage.status
+            if status in ("completed", "completed_with_errors", "failed", None):
+                return status, str(getattr(storage, "traceback", None) or "")
             if time.monotonic() > deadline:
                 raise RunError(
                     f"the storage sync of project {project} did not finish "
                     f"in {self.options.timeout:.0f} s (status {status})"
                 )
             time.sleep(1)
-        if status == "failed":
-            raise RunError(
-                f"Label Studio could not sync {folder}; see "
-                f"{self.log_dir / 'label-studio.log'}"
-            )
-        after = self._task_count(project)
-        return after - before, after
 
     def _task_count(self, project: int) -> int:
         return int(self.client.projects.get(id=project).task_number or 0)
@@ -646,17 +687,24 @@ class Stack:
     def start_plugin(self, project: int, secret: str) -> str:
         entry = self.state.running("plugin")
         projects = sorted({p["id"] for p in self.state.projects.values()} | {project})
-        if entry and _answers(f"{entry['url']}/health"):
-            if project in entry.get("projects", []):
+        if entry:
+            healthy = _answers_within(f"{entry['url']}/health", 10.0)
+            if healthy and project in entry.get("projects", []):
                 self.console.say(
                     f"    already running: {entry['url']} (pid {entry['pid']})"
                 )
                 return "reused"
-            # A new project: restart so that it registers that project's webhook too.
-            stop_recorded(entry, "bulk-shift service")
+            # A new project (the service registers each project's webhook when it
+            # starts), or a service that stopped answering: restart it, on the same
+            # port once the old process has let go of it.
+            reason = f"for project {project}" if healthy else "(it did not answer)"
+            self.console.say(
+                f"    restarting the service (pid {entry['pid']}) {reason}"
+            )
+            self._stop_ours("plugin", entry, "the bulk-shift service")
 
         port = _port(self.options.ports.get("plugin"), "plugin", self.state.services)
-        _refuse_taken(port, "the bulk-shift service", "--port-plugin")
+        self._refuse_taken(port, "the bulk-shift service", "--port-plugin")
         environment = dict(
             os.environ,
             PYTHONUNBUFFERED="1",
@@ -698,6 +746,41 @@ class Stack:
         )
         self.console.say(f"    started {url} (pid {process.pid})")
         return "started"
+
+    def _stop_ours(self, name: str, entry: dict, what: str) -> None:
+        """Stop a process this stack recorded and wait until its port is free."""
+        stop_recorded(entry, what)
+        port = entry.get("port")
+        if port:
+            # A threaded server's main thread may be gone (its PID a zombie) while
+            # its other threads still hold the listening socket for a moment.
+            deadline = time.monotonic() + PORT_RELEASE_SECONDS
+            while port_in_use(port) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def _refuse_taken(self, port: int, what: str, flag: str) -> None:
+        """Raise if ``port`` is taken, naming the holder when it is one of ours."""
+        if not port_in_use(port):
+            return
+        holders = listening_pids(port)
+        ours = {
+            name: entry
+            for name, entry in self.state.services.items()
+            if entry.get("pid") and _in_process_group(holders, entry["pid"])
+        }
+        if ours:
+            name, entry = next(iter(ours.items()))
+            raise RunError(
+                f"port {port} on {LOCALHOST} is still held by Bulk Shift's own {name} "
+                f"(pid {entry['pid']}), which did not stop; run "
+                f"./scripts/down.sh --data-dir {self.data_dir}, then up again"
+            )
+        holder = f" (pid {', '.join(map(str, sorted(holders)))})" if holders else ""
+        raise RunError(
+            f"port {port} on {LOCALHOST} is taken by another program{holder}, so "
+            f"{what} cannot use it; stop that program or pick another port with "
+            f"{flag} PORT"
+        )
 
     def check_webhooks(self, project: int, secret: str) -> None:
         """Make sure Label Studio sends the project's events to the service, signed."""
@@ -811,12 +894,71 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _refuse_taken(port: int, what: str, flag: str) -> None:
-    if port_in_use(port):
-        raise RunError(
-            f"port {port} on {LOCALHOST} is taken by another program, so {what} "
-            f"cannot use it; pick another with {flag} PORT"
-        )
+def _answers_within(url: str, seconds: float) -> bool:
+    """``_answers``, tried again for up to ``seconds`` (a busy server is slow)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if _answers(url):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1.0)
+
+
+def listening_pids(port: int) -> set[int]:
+    """PIDs of the processes listening on TCP ``port`` (those this user may see)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{inode}]")
+    pids = set()
+    if not inodes:
+        return pids
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            for descriptor in (process / "fd").iterdir():
+                if os.readlink(descriptor) in inodes:
+                    pids.add(int(process.name))
+                    break
+        except OSError:
+            continue
+    return pids
+
+
+def _in_process_group(pids: set[int], group: int) -> bool:
+    """Whether any of ``pids`` is ``group`` or belongs to its process group."""
+    for pid in pids:
+        try:
+            if pid == group or os.getpgid(pid) == group:
+                return True
+        except ProcessLookupError:
+            continue
+    return False
+
+
+def _database_busy(detail: str) -> bool:
+    return "database is locked" in (detail or "")
+
+
+def _last_line(detail: str) -> str:
+    lines = [line.strip() for line in (detail or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no reason given"
+
+
+def _rerun_command() -> str:
+    """The command line this run was started with, to rerun it."""
+    import shlex
+
+    return shlex.join(["./scripts/up.sh", *sys.argv[2:]])
 
 
 def _link_under(root: Path, source: Path) -> Path:
@@ -946,9 +1088,16 @@ def wait_for_predictions(
 
 
 def _predictions_in(stack: Stack, project: int, n_tasks: int) -> bool:
+    """Whether Label Studio holds a prediction for every task with a readable image
+    (an unreadable one gets none)."""
+    import redis
+
+    from ml_backend.jobs import errors_key
+
+    unreadable = redis.Redis.from_url(stack.redis_url).hlen(errors_key(project))
     details = stack.client.projects.get(id=project)
     return bool(details.model_version) and (
-        int(details.total_predictions_number or 0) >= n_tasks
+        int(details.total_predictions_number or 0) >= n_tasks - unreadable
     )
 
 
@@ -965,6 +1114,8 @@ class _Progress:
         self.bar = None
         self.last_line = 0.0
         self.started = time.monotonic()
+        self.stage_started = self.started
+        self.stage_done = 0
         self.tty = sys.stderr.isatty()
 
     def update(self, done: int, stage: str, total: int | None = None) -> None:
@@ -983,10 +1134,23 @@ class _Progress:
         elif stage != self.stage or time.monotonic() - self.last_line > (
             self.every_seconds
         ):
+            if stage != self.stage:
+                self.stage_started, self.stage_done = time.monotonic(), done
             seconds = time.monotonic() - self.started
-            self.console.say(f"    {stage}: {done}/{total} (at {seconds:.0f} s)")
+            self.console.say(
+                f"    {stage}: {done}/{total} (at {seconds:.0f} s"
+                f"{self._eta(done, total)})"
+            )
             self.last_line = time.monotonic()
         self.stage = stage
+
+    def _eta(self, done: int, total: int) -> str:
+        """``, about N s left`` from this stage's rate so far, or nothing."""
+        elapsed = time.monotonic() - self.stage_started
+        progressed = done - self.stage_done
+        if progressed <= 0 or elapsed < 1 or done >= total:
+            return ""
+        return f", about {(total - done) * elapsed / progressed:.0f} s left"
 
     def close(self) -> None:
         if self.bar is not None:
@@ -1052,8 +1216,55 @@ def up(options: UpOptions, console: Console) -> dict:
         predictions_reused=predictions["reused"],
         seconds=time.monotonic() - started,
     )
+    outcome["unreadable"] = report_unreadable(stack, project, console)
     _print_summary(stack, project, console)
     return outcome
+
+
+def report_unreadable(stack: Stack, project: int, console: Console) -> int:
+    """Say how many images the backend could not read, show the first few with the
+    reason, and write the full list to a file; return the count."""
+    import redis
+
+    from ml_backend.jobs import errors_key
+
+    client = redis.Redis.from_url(stack.redis_url)
+    errors = {
+        int(task): reason.decode(errors="replace")
+        for task, reason in client.hgetall(errors_key(project)).items()
+    }
+    path = stack.log_dir / f"unreadable-images-project-{project}.txt"
+    if not errors:
+        path.unlink(missing_ok=True)
+        return 0
+
+    root = str(stack.label_studio.document_root)
+    lines = [
+        f"task {task}: {_local_path(reason, root)}"
+        for task, reason in sorted(errors.items())
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    console.say("")
+    console.say(
+        f"{len(errors)} image{'s' if len(errors) != 1 else ''} could not be read and "
+        "got no prediction:"
+    )
+    for line in lines[:UNREADABLE_SHOWN]:
+        console.say(f"  {line[:300]}")
+    if len(lines) > UNREADABLE_SHOWN:
+        console.say(f"  … and {len(lines) - UNREADABLE_SHOWN} more")
+    console.say(f"  full list: {path}")
+    return len(errors)
+
+
+def _local_path(reason: str, document_root: str) -> str:
+    """``reason`` with Label Studio's local-files URLs written as file paths."""
+    import re
+
+    def to_path(match: re.Match) -> str:
+        return str(Path(document_root) / urllib.parse.unquote(match.group(1)))
+
+    return re.sub(r"/data/local-files/\?d=([^\s)]+)", to_path, reason)
 
 
 def _print_summary(stack: Stack, project: int, console: Console) -> None:
@@ -1070,7 +1281,7 @@ def _print_summary(stack: Stack, project: int, console: Console) -> None:
     )
     console.say(
         f"  login        {ls.username}; password and API token in "
-        f"{stack.data_dir / CREDENTIALS_FILE} (mode 600)"
+        f"{(stack.data_dir / CREDENTIALS_FILE).resolve()} (mode 600)"
     )
     console.say(f"Name folders   {plugin}/projects/{project}/naming")
     console.say(f"Review shifts  {plugin}/projects/{project}/review")

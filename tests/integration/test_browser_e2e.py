@@ -276,6 +276,16 @@ def sorted_project(
             timeout=120,
         )
         assert answer.status_code == 200, answer.text[-2000:]
+        # The naming runs in the background; its status says when every task
+        # carries its folder's name.
+        wait_for(
+            lambda: requests.get(
+                f"{plugin.url}/projects/{project}/naming/status", timeout=30
+            ).json().get("status")
+            == "done",
+            SETUP_TIMEOUT,
+            "the naming to finish",
+        )
 
         # Step 4: retrain on the named folders (the naming changes no config the
         # backend listens to, so ask for it, as the run command does).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 
 import httpx
 import pytest
@@ -276,6 +277,8 @@ def test_labels_retrain_and_rank_by_uncertainty(ls_client, sorted_project):
 def test_a_burst_of_events_makes_one_retrain(backend, sorted_project):
     project, store = sorted_project["id"], sorted_project["store"]
     counter_before = int(store.redis.get(jobs.version_counter_key(project)))
+    log = Path(backend.log_path).with_name("worker.log")
+    skips_before = log.read_text().count("nothing recomputed")
     answers = [
         httpx.post(
             f"{backend.url}/webhook",
@@ -285,15 +288,48 @@ def test_a_burst_of_events_makes_one_retrain(backend, sorted_project):
         for _ in range(5)
     ]
     assert answers[0] == "queued" and set(answers[1:]) == {"coalesced"}
+    log = Path(backend.log_path).with_name("worker.log")
     wait_for(
-        lambda: (
-            int(store.redis.get(jobs.version_counter_key(project))) > counter_before
-            and not store.redis.exists(jobs.pending_key(project))
-        ),
-        what="the coalesced retrain",
+        lambda: log.read_text().count("nothing recomputed") > skips_before,
+        what="the coalesced refresh",
     )
     time.sleep(2)
-    assert int(store.redis.get(jobs.version_counter_key(project))) == counter_before + 1
+    # One refresh ran, and as nothing changed since the last one it made no new
+    # model version.
+    assert log.read_text().count("nothing recomputed") == skips_before + 1
+    assert int(store.redis.get(jobs.version_counter_key(project))) == counter_before
+
+
+def test_no_refresh_while_a_shift_writes(backend, sorted_project):
+    from bulkshift.store import in_flight_key
+
+    project, store = sorted_project["id"], sorted_project["store"]
+    log = Path(backend.log_path).with_name("worker.log")
+    skips_before = log.read_text().count("nothing recomputed")
+    store.redis.sadd(in_flight_key(project), 1, 2, 3)
+    try:
+        answer = httpx.post(
+            f"{backend.url}/webhook",
+            auth=BASIC_AUTH,
+            json={"action": "ANNOTATIONS_CREATED", "project": {"id": project}},
+        ).json()["status"]
+        assert answer == "queued"
+        time.sleep(4)
+        assert log.read_text().count("nothing recomputed") == skips_before
+        assert "the refresh waits until it is done" in log.read_text()
+        # Events meanwhile join the waiting refresh.
+        again = httpx.post(
+            f"{backend.url}/webhook",
+            auth=BASIC_AUTH,
+            json={"action": "ANNOTATION_CREATED", "project": {"id": project}},
+        ).json()["status"]
+        assert again == "coalesced"
+    finally:
+        store.redis.delete(in_flight_key(project))
+    wait_for(
+        lambda: log.read_text().count("nothing recomputed") > skips_before,
+        what="the refresh after the shift",
+    )
 
 
 def test_unauthenticated_requests_are_refused(backend):

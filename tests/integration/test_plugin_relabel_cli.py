@@ -170,3 +170,36 @@ def test_rename_keeps_a_persons_confirmation(setup):
     assert TaskStore(redis_client).get(pid, tasks[1]).origin == "person"
     choices = gateway.choices_control(pid, refresh=True).labels
     assert "A" not in choices and "Alpha" in choices
+
+
+def test_api_key_file_may_be_the_credentials_json_up_sh_writes(
+    setup, label_studio, tmp_path, capsys
+):
+    pid, _tasks, common, _gateway, _redis = setup
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text(
+        json.dumps({"username": "u", "password": "p", "token": label_studio.token})
+    )
+    common = [*common]
+    common[common.index("--api-key-file") + 1] = str(credentials)
+
+    code = load_cli().main([*common, "shifts", "--project", str(pid)])
+
+    assert code == 0, capsys.readouterr().err
+    assert "naming" in capsys.readouterr().out
+
+
+def test_move_to_a_misspelled_label_lists_the_labels_unless_create_label(setup, capsys):
+    pid, tasks, common, gateway, _redis = setup
+    move = [*common, "move", "--project", str(pid), "--from", "A", "--to", "Bee"]
+    before = labels_in_ls(gateway, pid)
+
+    assert load_cli().main(move) == 1
+    error = capsys.readouterr().err
+    assert "'Bee' is not in project" in error and "labels are: A, B" in error
+    assert "--create-label" in error
+    assert labels_in_ls(gateway, pid) == before
+
+    assert load_cli().main([*move, "--create-label"]) == 0
+    assert labels_in_ls(gateway, pid)[tasks[0]] == ["Bee"]
+    assert "Bee" in gateway.choices_control(pid, refresh=True).labels

@@ -399,3 +399,48 @@ def test_replayed_event_is_applied_once(running, ls_client, redis_client, projec
     assert first.json()["result"] == "recorded"
     assert second.json()["result"] == "duplicate"
     assert len(running.service.proposals(pid)) == 1
+
+
+def test_naming_page_merges_in_the_background_and_leaves_only_the_names(
+    running, ls_client, redis_client, project
+):
+    pid, tasks = project
+    # As after the backend's first refresh: one choice per folder, plus one a
+    # person added by hand.
+    choices = ["Cluster 01", "Cluster 02", "Cluster 03", "Extra"]
+    ls_client.projects.update(
+        pid,
+        label_config=LABEL_CONFIG.replace(
+            '<Choice value="A"/>', "".join(f'<Choice value="{c}"/>' for c in choices)
+        ),
+    )
+    redis_client.set(keys.labels(pid), json.dumps(choices[:3]))
+
+    answer = requests.post(
+        f"{running.url}/projects/{pid}/naming",
+        data={"name_0": "A", "name_1": "C", "merge_2": "cluster:0"},
+        timeout=10,
+        allow_redirects=False,
+    )
+
+    assert answer.status_code == 303, answer.text
+    status = wait_for(
+        lambda: (
+            (
+                s := requests.get(
+                    f"{running.url}/projects/{pid}/naming/status", timeout=10
+                ).json()
+            )["status"]
+            != "running"
+            and s
+        ),
+        timeout=60,
+    )
+    assert status["status"] == "done", status
+    labels = ls_labels(ls_client, pid)
+    assert labels[tasks[7]] == ["A"] and labels[tasks[4]] == ["C"]
+    config = running.service.gateway.choices_control(pid, refresh=True).labels
+    assert config == ["A", "C", "Extra"]
+    assert json.loads(redis_client.get(keys.labels(pid))) == config
+    page = requests.get(f"{running.url}/projects/{pid}/naming", timeout=10).text
+    assert "were named on" in page and 'value="A"' in page
