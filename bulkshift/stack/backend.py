@@ -9,21 +9,21 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Self
 
 from bulkshift.stack.processes import (
     LOCALHOST,
+    ChildService,
     StackError,
     free_port,
     port_in_use,
-    stop_process,
+    spawn,
     wait_until,
 )
 
 logger = logging.getLogger(__name__)
 
 
-class _Child:
+class _Child(ChildService):
     """A Python module run as a child with its own environment and log file."""
 
     what = "child"
@@ -33,33 +33,17 @@ class _Child:
         self.environment = environment
         self._process: subprocess.Popen | None = None
 
+    def describe(self) -> str:
+        return self.what
+
     def _spawn(self, arguments: list[str]) -> subprocess.Popen:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         environment = dict(os.environ, PYTHONUNBUFFERED="1")
         environment.update(self.environment)
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", *arguments],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                start_new_session=True,
-            )
+        self._process = spawn(
+            [sys.executable, "-m", *arguments], self.log_path, environment
+        )
         return self._process
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        stop_process(self._process, self.what)
-        self._process = None
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 class BackendServer(_Child):
@@ -106,9 +90,6 @@ class BackendServer(_Child):
         logger.info("ML backend ready on %s in %.1f s", self.url, seconds)
         return self
 
-    def __enter__(self) -> Self:
-        return self.start()
-
 
 class BackendWorker(_Child):
     """``python -m ml_backend.worker`` (RQ worker of the backend's queue)."""
@@ -121,6 +102,3 @@ class BackendWorker(_Child):
             "ML backend worker started (pid %d, log %s)", self.pid, self.log_path
         )
         return self
-
-    def __enter__(self) -> Self:
-        return self.start()

@@ -515,7 +515,7 @@ class Stack:
                 environment=wanted,
             )
             self.console.say(f"    backend started: {server.url} (pid {server.pid})")
-            server._process = None
+            server.detach()
             outcomes.append("started")
 
         if worker:
@@ -533,7 +533,7 @@ class Stack:
                 environment=wanted,
             )
             self.console.say(f"    worker started (pid {worker.pid})")
-            worker._process = None
+            worker.detach()
             outcomes.append("started")
         return "/".join(outcomes)
 
