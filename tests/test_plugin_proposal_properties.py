@@ -100,33 +100,6 @@ def test_matches_naive_reference(project):
         assert proposal.confidence.tolist() == [probabilities[m][rank] for m in members]
 
 
-@settings(max_examples=200, deadline=None)
-@given(projects())
-def test_never_proposes_seed_confirmed_or_foreign_source(project):
-    seed, source, destination, labels, recommendations, confirmed, probabilities = (
-        project
-    )
-
-    proposal = propose_bulk_shift(
-        seed,
-        source,
-        destination,
-        np.array(labels),
-        np.array(recommendations),
-        RULE,
-        confirmed=np.array(confirmed),
-        recommendation_probabilities=np.array(probabilities),
-    )
-
-    if proposal is not None:
-        members = proposal.members.tolist()
-        assert seed not in members
-        assert not any(confirmed[m] for m in members)
-        assert all(labels[m] == source for m in members)
-        assert all(recommendations[m][proposal.rank] == destination for m in members)
-        assert list(proposal.confidence) == sorted(proposal.confidence, reverse=True)
-
-
 def test_hand_worked_project():
     """The eight-task project of tests/integration/test_plugin_service.py.
 
