@@ -64,7 +64,8 @@ ensure_venv() {
     fi
     say "Installing Python packages into $VENV (first time: a few minutes, ~3 GB)"
     "$PYTHON" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$PYTHON" -m pip install -q -e "$REPO_ROOT[$extras]" 2>&1 \
+    # PYTHONWARNINGS: setuptools prints a banner about editable installs otherwise.
+    PYTHONWARNINGS=ignore "$PYTHON" -m pip install -q -e "$REPO_ROOT[$extras]" 2>&1 \
         | grep -v "^WARNING: Location" >&2 || true
     # pip's own status is lost in the pipe above: check the result directly.
     "$PYTHON" -c "import bulkshift, label_studio_sdk, sklearn" || {
