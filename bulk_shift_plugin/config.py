@@ -137,7 +137,8 @@ def read_api_key(path: Path) -> str:
         if token is None:
             raise ConfigError(
                 f'{path} is JSON without a "token" entry (it has: '
-                f"{', '.join(sorted(content)) or 'nothing'}); pass the credentials.json "
+                f"{', '.join(sorted(content)) or 'nothing'}); pass the "
+                "credentials.json "
                 "that scripts/up.sh writes, or a file holding only the key"
             )
         return token.strip()

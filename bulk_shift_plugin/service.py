@@ -158,7 +158,8 @@ class BulkShiftService:
             destination_index = index.index_of(destination)
             if seed is None or source_index < 0 or destination_index < 0:
                 logger.info(
-                    "project %s: no proposal for task %s (%r -> %r): no recommendations "
+                    "project %s: no proposal for task %s (%r -> %r): no "
+                    "recommendations "
                     "or labels for it yet",
                     project,
                     seed_task,
@@ -205,7 +206,8 @@ class BulkShiftService:
         }
         replaced = self._store_proposal(project, record)
         logger.info(
-            "project %s: proposal %s from %r to %r of %d tasks (rank %d, seed task %s)%s",
+            "project %s: proposal %s from %r to %r of %d tasks "
+            "(rank %d, seed task %s)%s",
             project,
             record["id"],
             source,
@@ -570,7 +572,8 @@ class BulkShiftService:
             json.dumps({str(n): name for n, name in sorted(folder_names.items())}),
         )
         logger.info(
-            "project %s: %d folders named (%d labels); %d tasks get their folder's label",
+            "project %s: %d folders named (%d labels); "
+            "%d tasks get their folder's label",
             project,
             len(names),
             len(set(names.values())),

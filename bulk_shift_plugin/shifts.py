@@ -292,7 +292,8 @@ class ShiftApplier:
         record.moved = [task for task in task_ids if task not in set(wrong)]
         if wrong:
             raise ShiftIncompleteError(
-                f"shift {record.id}: {len(wrong)} of {len(task_ids)} tasks do not carry "
+                f"shift {record.id}: {len(wrong)} of {len(task_ids)} tasks do not "
+                "carry "
                 f"their new label in Label Studio after attempt {record.attempts} "
                 f"(first: {wrong[:5]}); retry the shift"
             )

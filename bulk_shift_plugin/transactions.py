@@ -140,7 +140,8 @@ class ShiftRecord:
             else self.kind
         )
         purity = "" if self.purity is None else f", purity so far {self.purity_text}"
-        return f"{self.id} {self.kind} {route}: {len(self.moves)} tasks, {self.status}{purity}"
+        size = f"{len(self.moves)} tasks"
+        return f"{self.id} {self.kind} {route}: {size}, {self.status}{purity}"
 
 
 def new_shift_id() -> str:

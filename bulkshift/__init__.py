@@ -1,3 +1,3 @@
-"""Bulk Shift: sort a folder of images into categories with as few clicks as possible."""
+"""Bulk Shift: sort a folder of images into categories in few clicks."""
 
 __version__ = "0.1.0"

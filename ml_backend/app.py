@@ -2,10 +2,10 @@
 
 label-studio-ml 1.0.9 supplies the Flask app and the routes Label Studio calls
 (``/health``, ``/setup``, ``/predict``, ``/webhook``, …). Its own handlers are
-replaced here because they send tracebacks to the client, log request headers and bodies at
-DEBUG (the API token among them), and start a training process per webhook event.
-Every handler below answers fast, sends back no internal detail, and leaves the work
-to the worker.
+replaced here because they send tracebacks to the client, log request headers and
+bodies at DEBUG (the API token among them), and start a training process per webhook
+event. Every handler below answers fast, sends back no internal detail, and leaves the
+work to the worker.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pin_cores(n_cores: int) -> list[int]:
-    """Restrict this process to its first ``n_cores`` allowed cores, before TF starts."""
+    """Restrict this process to its first ``n_cores`` allowed cores (before TF)."""
     allowed = sorted(os.sched_getaffinity(0))
     chosen = allowed[:n_cores]
     os.sched_setaffinity(0, chosen)

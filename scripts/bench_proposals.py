@@ -120,7 +120,8 @@ def main(argv=None):
 
         timings_ms = np.array(timings) * 1000
         print(
-            f"seed {arguments.seed}, {arguments.tasks} tasks, {arguments.labels} labels, "
+            f"seed {arguments.seed}, {arguments.tasks} tasks, {arguments.labels} "
+            "labels, "
             f"{arguments.moves} moves"
         )
         print(f"cold load of the cached arrays: {cold * 1000:.0f} ms")

@@ -1,4 +1,4 @@
-"""Benchmark: seconds to apply (and undo) a bulk shift of N tasks in a real Label Studio.
+"""Benchmark: seconds to apply (and undo) a shift of N tasks in a real Label Studio.
 
 Creates a project of ``--tasks`` tasks, labels them all A through the service's own
 machinery, then shifts ``--shift`` of them to B and undoes that, printing the seconds

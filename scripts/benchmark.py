@@ -58,7 +58,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Strategies: "
-        + "; ".join(f"{rule.name} = {rule.description}" for rule in STRATEGIES.values()),
+        + "; ".join(
+            f"{rule.name} = {rule.description}" for rule in STRATEGIES.values()
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_argument_group("input (one of)")
@@ -166,7 +168,9 @@ def _split_names(text: str, known: dict, what: str) -> list[str]:
     return names
 
 
-def load_arrays(arguments: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list, str]:
+def load_arrays(
+    arguments: argparse.Namespace,
+) -> tuple[np.ndarray, np.ndarray, list, str]:
     """Features, true label indices, label names and the extractor id."""
     if arguments.features_file or arguments.labels_file:
         if not (arguments.features_file and arguments.labels_file):
@@ -204,8 +208,10 @@ def _load_precomputed(features_file: Path, labels_file: Path):
 def _default_sample(n_images: int, seed: int) -> Path:
     from bulkshift.datasets import build_fashion_mnist
 
-    folder = DEFAULT_SAMPLE if n_images == 3000 else DEFAULT_SAMPLE.with_name(
-        f"fashion-mnist-{n_images}"
+    folder = (
+        DEFAULT_SAMPLE
+        if n_images == 3000
+        else DEFAULT_SAMPLE.with_name(f"fashion-mnist-{n_images}")
     )
     logger.info("Using the Fashion-MNIST sample in %s", folder)
     build_fashion_mnist(folder, n_images=n_images, seed=seed)
@@ -343,8 +349,10 @@ def format_tables(results: list[SimulationResult], base: dict) -> str:
         table("Rounds", lambda r: str(r.rounds))
         table(
             "Proposals accepted / shown, mean purity",
-            lambda r: f"{r.proposals_accepted}/{len(r.proposals)} "
-            + ("-" if r.mean_purity is None else f"{r.mean_purity:.0%}"),
+            lambda r: (
+                f"{r.proposals_accepted}/{len(r.proposals)} "
+                + ("-" if r.mean_purity is None else f"{r.mean_purity:.0%}")
+            ),
         )
 
     manual, oracle = base["manual"], base["oracle"]
@@ -397,7 +405,10 @@ def plot_curves(results: list[SimulationResult], base: dict, path: Path) -> None
         start = base["initial_completeness"]
         manual = base["manual"]["clicks_fraction"]
         axis.plot(
-            [0, manual], [start, start + manual], "k--", linewidth=1,
+            [0, manual],
+            [start, start + manual],
+            "k--",
+            linewidth=1,
             label="manual correction",
         )
         axis.set_title(f"strategy: {strategy}")
@@ -419,13 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     arguments = parse_arguments(argv)
     if not 0 < arguments.threshold <= 1:
-        raise BenchmarkInputError(f"--threshold {arguments.threshold} must be in (0, 1]")
+        raise BenchmarkInputError(
+            f"--threshold {arguments.threshold} must be in (0, 1]"
+        )
     grid_of(arguments)  # refuse unknown names before spending time on features
 
     started = time.perf_counter()
     features, labels, names, extractor_id = load_arrays(arguments)
     print(
-        f"{len(labels)} images, {len(names)} categories, features {features.shape[1]}-d "
+        f"{len(labels)} images, {len(names)} categories, features "
+        f"{features.shape[1]}-d "
         f"from {extractor_id}, seed {arguments.seed}, threshold {arguments.threshold}",
         flush=True,
     )

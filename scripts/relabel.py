@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relabel.py",
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
-        epilog="Connection settings fall back to LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY "
+        epilog="Connection settings fall back to LABEL_STUDIO_URL, "
+        "LABEL_STUDIO_API_KEY "
         "and REDIS_URL, then to the stack scripts/up.sh starts (its Label Studio, "
         "BULKSHIFT_DATA_DIR/credentials.json and its embedded Redis).",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -52,7 +52,9 @@ def run(feature_files, tmp_path, *extra):
     return json.loads((tmp_path / "out.json").read_text())
 
 
-def test_json_has_one_record_per_cell_and_the_baselines(feature_files, tmp_path, capsys):
+def test_json_has_one_record_per_cell_and_the_baselines(
+    feature_files, tmp_path, capsys
+):
     report = run(feature_files, tmp_path)
 
     assert len(report["runs"]) == 2 * 2 * 2

@@ -449,7 +449,7 @@ def test_label_studio_command_is_the_stacks_with_the_same_options(
 
 
 def modules_launched_in(path: Path) -> set[str]:
-    """Modules that list literals like ``[python, "-m", "MODULE", …]`` in ``path`` run."""
+    """Modules that literals like ``[python, "-m", "MODULE", …]`` in ``path`` run."""
     modules = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.List):

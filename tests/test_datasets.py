@@ -98,7 +98,7 @@ def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
         read_idx(tmp_path / "text")
 
 
-# --------------------------------------------------------------------------- Fashion-MNIST
+# ------------------------------------------------------------------------ Fashion-MNIST
 
 
 def test_balanced_sample_gives_the_remainder_to_the_first_classes():

@@ -512,7 +512,7 @@ def test_vgg16_bfloat16_is_close_to_float32_and_has_its_own_id(image_files):
 
 
 def _vgg16_reference(tmp_path):
-    """A VGG16 notop with random weights, its features of ``images`` computed by hand."""
+    """A VGG16 notop with random weights, and its features computed by hand."""
     import keras
     from keras.applications.vgg16 import preprocess_input
 

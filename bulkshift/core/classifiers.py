@@ -89,7 +89,9 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
         ClassifierSpec("dt", _decision_tree, "decision tree, gini"),
         ClassifierSpec("svm", _svm, "RBF support vector machine, Platt probabilities"),
         ClassifierSpec("knn", _knn, "10 nearest neighbours"),
-        ClassifierSpec("rf-cal", _calibrated_forest, "random forest, sigmoid-calibrated"),
+        ClassifierSpec(
+            "rf-cal", _calibrated_forest, "random forest, sigmoid-calibrated"
+        ),
     )
 }
 
@@ -140,7 +142,8 @@ class LabelModel:
         labels = np.asarray(labels, dtype=int)
         if len(features) != len(labels):
             raise ValueError(
-                f"{len(features)} feature rows but {len(labels)} labels; pass one label "
+                f"{len(features)} feature rows but {len(labels)} labels; pass one "
+                "label "
                 "per image"
             )
         if len(labels) == 0:
@@ -165,7 +168,9 @@ class LabelModel:
             # not the last digit of the loss, is what matters.
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.filterwarnings("ignore", message=".*probability.*deprecated")
-            self._estimator.fit(features, labels, **self._weight_arguments(sample_weight))
+            self._estimator.fit(
+                features, labels, **self._weight_arguments(sample_weight)
+            )
         return self
 
     def _weight_arguments(self, sample_weight: np.ndarray | None) -> dict:

@@ -205,7 +205,7 @@ def propose_bulk_shift(
     confirmed: np.ndarray | None = None,
     recommendation_probabilities: np.ndarray | None = None,
 ) -> Proposal | None:
-    """Propose the images that follow the seed's move from ``source`` to ``destination``.
+    """Propose the images that follow the seed's move from A to B.
 
     Parameters
     ----------
@@ -225,7 +225,7 @@ def propose_bulk_shift(
         Indices shown in the current round; required when ``rule.scope == "round"``.
     confirmed : ndarray of bool of shape (n_images,), optional
         True where a person confirmed the current label. Missing means none.
-    recommendation_probabilities : ndarray of shape (n_images, n_recommendations), optional
+    recommendation_probabilities : ndarray of shape (n_images, n_recommended), optional
         Probability of each recommended label; used for the confidence order.
 
     Returns
@@ -274,7 +274,9 @@ def propose_bulk_shift(
     if recommendation_probabilities is None:
         confidence = np.full(members.size, np.nan)
     else:
-        confidence = np.asarray(recommendation_probabilities)[members, rank].astype(float)
+        confidence = np.asarray(recommendation_probabilities)[members, rank].astype(
+            float
+        )
     if rule.order_by_confidence and recommendation_probabilities is not None:
         # A stable sort keeps index order among equal confidences, so the display
         # order is reproducible.

@@ -33,7 +33,9 @@ def recommended_labels(
             f"{probabilities.shape}"
         )
     if n_recommendations < 1:
-        raise ValueError(f"n_recommendations must be at least 1, got {n_recommendations}")
+        raise ValueError(
+            f"n_recommendations must be at least 1, got {n_recommendations}"
+        )
 
     n_kept = min(n_recommendations, probabilities.shape[1])
     order = np.argsort(-probabilities, axis=1, kind="stable")
@@ -44,4 +46,6 @@ def recommendation_probabilities(
     probabilities: np.ndarray, recommendations: np.ndarray
 ) -> np.ndarray:
     """Probability of each recommended label, shape of ``recommendations``."""
-    return np.take_along_axis(np.asarray(probabilities, dtype=float), recommendations, 1)
+    return np.take_along_axis(
+        np.asarray(probabilities, dtype=float), recommendations, 1
+    )

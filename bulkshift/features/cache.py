@@ -176,7 +176,8 @@ def extract_cached(
     """Like ``extractor.extract(items)``, computing only the images not in ``cache``.
 
     Each file is read to hash it, and read again only on a miss; the vector is stored
-    under the hash of the bytes it was computed from. Set-level steps (PCA) run after the cache on the whole set, so only per-image
+    under the hash of the bytes it was computed from. Set-level steps (PCA) run after
+    the cache on the whole set, so only per-image
     vectors are ever stored.
 
     Parameters

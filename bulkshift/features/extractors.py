@@ -503,7 +503,8 @@ def cpu_has_fast_bfloat16() -> bool:
 
 
 def resolve_precision(precision: str | None = None) -> str:
-    """``"float32"`` or ``"bfloat16"``: the argument, else the environment, else auto."""
+    """``"float32"`` or ``"bfloat16"``: the argument, else the environment, else
+    auto."""
     precision = precision or os.environ.get(PRECISION_ENV) or "auto"
     if precision not in PRECISIONS:
         raise ValueError(
@@ -619,8 +620,8 @@ def get_extractor(
     weights : "default", "imagenet", path or None
         VGG16 weights (see the module docstring); ignored by ``pixels``.
     **options
-        ``vgg16``: ``allow_download``, ``seed``, ``precision``. ``pixels``: ``size``, ``color``,
-        ``pca_components``, ``seed``.
+        ``vgg16``: ``allow_download``, ``seed``, ``precision``.
+        ``pixels``: ``size``, ``color``, ``pca_components``, ``seed``.
 
     Raises
     ------

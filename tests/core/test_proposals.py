@@ -116,9 +116,7 @@ def pools(draw):
     scores = np.array(
         draw(
             st.lists(
-                st.lists(
-                    st.floats(0, 1), min_size=n_labels, max_size=n_labels
-                ),
+                st.lists(st.floats(0, 1), min_size=n_labels, max_size=n_labels),
                 min_size=n_images,
                 max_size=n_images,
             )

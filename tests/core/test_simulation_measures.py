@@ -129,13 +129,13 @@ def small_problems(draw):
     labels = rng.integers(0, n_labels, n_images)
     labels[:n_labels] = np.arange(n_labels)
     noise = draw(st.floats(0.2, 3.0))
-    features = np.eye(n_labels)[labels] * 2 + rng.normal(scale=noise, size=(n_images, n_labels))
+    features = np.eye(n_labels)[labels] * 2 + rng.normal(
+        scale=noise, size=(n_images, n_labels)
+    )
     return features, labels, seed
 
 
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     small_problems(),
     st.sampled_from(["paper", "paper-ui", "guarded-pool"]),
@@ -197,7 +197,13 @@ def test_presort_groups_separated_points_and_names_by_majority():
 
 
 def test_default_number_of_clusters():
-    assert [default_n_clusters(n) for n in (1, 3, 30, 3000, 100_000)] == [1, 2, 3, 27, 30]
+    assert [default_n_clusters(n) for n in (1, 3, 30, 3000, 100_000)] == [
+        1,
+        2,
+        3,
+        27,
+        30,
+    ]
 
 
 def test_prefix_review_accepts_up_to_the_best_cut_off():

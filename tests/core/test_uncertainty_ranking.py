@@ -74,7 +74,9 @@ def test_certainty_score_by_hand():
     np.testing.assert_allclose(
         certainty_score(PROBABILITIES, "least_confidence"), [0.5, 1.0, 0.4]
     )
-    np.testing.assert_allclose(certainty_score(PROBABILITIES, "margin"), [0.2, 1.0, 0.0])
+    np.testing.assert_allclose(
+        certainty_score(PROBABILITIES, "margin"), [0.2, 1.0, 0.0]
+    )
     np.testing.assert_allclose(certainty_score(PROBABILITIES, "ratio"), [0.4, 1.0, 0.0])
     # 1 - H / ln 3, ln 3 = 1.098612
     np.testing.assert_allclose(

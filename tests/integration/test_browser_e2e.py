@@ -279,10 +279,14 @@ def sorted_project(
         # The naming runs in the background; its status says when every task
         # carries its folder's name.
         wait_for(
-            lambda: requests.get(
-                f"{plugin.url}/projects/{project}/naming/status", timeout=30
-            ).json().get("status")
-            == "done",
+            lambda: (
+                requests.get(
+                    f"{plugin.url}/projects/{project}/naming/status", timeout=30
+                )
+                .json()
+                .get("status")
+                == "done"
+            ),
             SETUP_TIMEOUT,
             "the naming to finish",
         )
